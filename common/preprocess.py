@@ -1,0 +1,196 @@
+"""The deterministic prefix of the transform chain, and where a chain splits.
+
+Only work that gives the same answer every time may be cached, so a chain is cut at its
+first random transform: MONAI marks those with ``Randomizable``, and the project's own
+transforms declare ``is_random``. The prefix built here follows the paper: RAS
+orientation, resampling to the target spacing (image linear, label nearest), then CT
+clipped to dataset-wide foreground percentiles and scaled to [0, 1], or MRI z-scored over
+non-zero voxels per volume.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from monai.transforms import (
+    Compose,
+    MapTransform,
+    NormalizeIntensityd,
+    Orientationd,
+    Randomizable,
+    ScaleIntensityRanged,
+    Spacingd,
+)
+
+from common.catalog import Catalog, Record
+from common.config import PreprocessConfig
+from common.errors import DataError
+from common.nifti import LoadCheckedPaird, load_checked_pair
+from common.volume import PreparedVolume, class_voxel_indices
+
+STATS_SAMPLES_PER_VOLUME = 200_000
+
+
+def is_random(transform: Any) -> bool:
+    """True for MONAI ``Randomizable`` transforms and for any object declaring ``is_random = True``."""
+    return isinstance(transform, Randomizable) or bool(getattr(transform, "is_random", False))
+
+
+def split_chain(chain: Compose | Sequence[Callable]) -> tuple[Compose, Compose]:
+    """Split a chain at its first random transform: (cacheable prefix, random suffix)."""
+    transforms = list(chain.transforms if isinstance(chain, Compose) else chain)
+    cut = next((i for i, t in enumerate(transforms) if is_random(t)), len(transforms))
+    return Compose(transforms[:cut]), Compose(transforms[cut:])
+
+
+@dataclass(frozen=True)
+class IntensityStats:
+    """Dataset-wide CT clipping window from foreground voxels of the training set."""
+
+    lower: float
+    upper: float
+    percentiles: tuple[float, float]
+    num_volumes: int
+
+
+class ClipNonzeroPercentilesd(MapTransform):
+    """Clip each channel to percentiles of its non-zero voxels (robust to MRI outliers)."""
+
+    is_random = False
+
+    def __init__(self, keys: str, lower: float, upper: float) -> None:
+        super().__init__(keys)
+        self.lower, self.upper = lower, upper
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        for key in self.keys:
+            img = d[key]
+            for c in range(img.shape[0]):
+                nz = img[c][img[c] != 0]
+                if nz.numel() == 0:
+                    continue
+                q = torch.quantile(nz.float()[:: max(1, nz.numel() // 1_000_000)],
+                                   torch.tensor([self.lower / 100, self.upper / 100]))
+                img[c] = torch.clamp(img[c], float(q[0]), float(q[1]))
+            d[key] = img
+        return d
+
+
+def resolve_normalization(cfg: PreprocessConfig, catalog: Catalog) -> str:
+    """'ct', 'mri' or 'none': 'auto' follows dataset.json's modality (CT, else MRI-style)."""
+    if cfg.normalization != "auto":
+        return cfg.normalization
+    return "ct" if catalog.is_ct else "mri"
+
+
+def deterministic_chain(cfg: PreprocessConfig, num_classes: int, norm: str,
+                        stats: IntensityStats | None) -> Compose:
+    """The cacheable MONAI chain for dicts ``{"image": path, "label": path}``."""
+    keys = ["image", "label"]
+    steps: list[Callable] = [
+        LoadCheckedPaird(num_classes),
+        Orientationd(keys=keys, axcodes=cfg.orientation.upper(), labels=None),
+        Spacingd(keys=keys, pixdim=cfg.spacing, mode=("bilinear", "nearest"), dtype=np.float32),
+    ]
+    if norm == "ct":
+        if stats is None:
+            raise ValueError("CT normalisation needs dataset-wide IntensityStats; call compute_intensity_stats first")
+        steps.append(ScaleIntensityRanged(keys="image", a_min=stats.lower, a_max=stats.upper,
+                                          b_min=0.0, b_max=1.0, clip=True))
+    elif norm == "mri":
+        if cfg.clip_percentiles is not None:
+            steps.append(ClipNonzeroPercentilesd("image", *cfg.clip_percentiles))
+        steps.append(NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True))
+    return Compose(steps)
+
+
+def _stats_path(stats_dir: str | Path, fp: str) -> Path:
+    return Path(stats_dir).expanduser() / f"{fp}.intensity.json"
+
+
+def compute_intensity_stats(records: Sequence[Record], num_classes: int, percentiles: tuple[float, float],
+                            stats_dir: str | Path | None = None, fp: str | None = None) -> IntensityStats:
+    """One pass over the training set: percentiles of foreground intensities, kept beside the fingerprint.
+
+    With ``stats_dir`` and ``fp`` given, a stored result is reused, so every cache
+    replica and every restart clips CT with the same window.
+    """
+    path = _stats_path(stats_dir, fp) if stats_dir is not None and fp is not None else None
+    if path is not None and path.is_file():
+        raw = json.loads(path.read_text())
+        return IntensityStats(raw["lower"], raw["upper"], tuple(raw["percentiles"]), raw["num_volumes"])
+    rng = np.random.default_rng(0)
+    samples = []
+    for rec in records:
+        image, label, _ = load_checked_pair(rec.image, rec.label, num_classes)
+        fg = image[0][label[0] > 0]
+        if fg.size == 0:
+            fg = image[0].reshape(-1)
+        if fg.size > STATS_SAMPLES_PER_VOLUME:
+            fg = rng.choice(fg, STATS_SAMPLES_PER_VOLUME, replace=False)
+        samples.append(fg)
+    lo, hi = np.percentile(np.concatenate(samples), percentiles)
+    stats = IntensityStats(float(lo), float(hi), tuple(percentiles), len(records))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(stats)))
+        tmp.replace(path)
+    return stats
+
+
+def finish_volume(d: dict, item_id: str, num_classes: int, patch_size: Sequence[int] | None,
+                  seconds: float) -> PreparedVolume:
+    """Turn the chain's output dict into a PreparedVolume, checking it can hold one patch."""
+    image = np.ascontiguousarray(d["image"].detach().cpu().numpy(), dtype=np.float32)
+    label = np.ascontiguousarray(d["label"].detach().cpu().numpy()).astype(np.uint8)
+    if patch_size is not None and any(s < p for s, p in zip(image.shape[1:], patch_size)):
+        raise DataError(d.get("image_path", item_id), f"volume is {image.shape[1:]} voxels after resampling, "
+                                                     f"smaller than the patch {tuple(patch_size)}; lower "
+                                                     "sampler.patch_size or the target spacing")
+    indices, counts = class_voxel_indices(label, num_classes, image.nbytes)
+    return PreparedVolume(
+        item_id=item_id, image=image, label=label, class_indices=indices, class_counts=counts,
+        affine=np.asarray(d["image"].affine, dtype=np.float64), original_affine=np.asarray(d["original_affine"]),
+        original_shape=tuple(d["original_shape"]), prep_seconds=seconds,
+        source={"image": d.get("image_path", ""), "label": d.get("label_path", "")})
+
+
+class Preprocessor:
+    """Runs the deterministic prefix for one record; a plain, picklable object for Ray tasks."""
+
+    def __init__(self, cfg: PreprocessConfig, num_classes: int, norm: str, stats: IntensityStats | None,
+                 patch_size: Sequence[int] | None = None, chain: Compose | None = None) -> None:
+        self.cfg, self.num_classes, self.norm, self.stats = cfg, num_classes, norm, stats
+        self.patch_size = tuple(patch_size) if patch_size is not None else None
+        self.chain = chain if chain is not None else deterministic_chain(cfg, num_classes, norm, stats)
+
+    def __call__(self, record: Record) -> PreparedVolume:
+        start = time.perf_counter()
+        try:
+            out = self.chain({"image": record.image, "label": record.label})
+        except DataError:
+            raise
+        except Exception as err:  # MONAI wraps transform errors; unwrap ours, name the file otherwise
+            cause = err.__cause__ or err.__context__
+            if isinstance(cause, DataError):
+                raise cause from None
+            raise DataError(record.image, f"preprocessing failed: {type(err).__name__}: {err}") from err
+        return finish_volume(out, record.item_id, self.num_classes, self.patch_size, time.perf_counter() - start)
+
+
+def build_preprocessor(catalog: Catalog, cfg: PreprocessConfig, patch_size: Sequence[int] | None,
+                       stats_dir: str | Path | None = None, fp: str | None = None) -> Preprocessor:
+    """Preprocessor for a catalog, computing (or reusing) CT statistics when CT normalisation is on."""
+    norm = resolve_normalization(cfg, catalog)
+    stats = None
+    if norm == "ct":
+        stats = compute_intensity_stats(catalog.train, catalog.num_classes, cfg.ct_percentiles, stats_dir, fp)
+    return Preprocessor(cfg, catalog.num_classes, norm, stats, patch_size)

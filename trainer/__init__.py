@@ -1,0 +1,1 @@
+"""Training side: Ray Train workers, the validation actor, the launcher and the CLI."""
