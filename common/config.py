@@ -277,6 +277,11 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             raise ConfigError(name, value, "an integer")
         return value
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(name, value, "a number")
         return float(value)

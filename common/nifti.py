@@ -65,7 +65,8 @@ def load_checked_pair(image_path: str, label_path: str, num_classes: int) -> tup
     values = np.unique(label_f)
     bad_values = values[(values != np.round(values)) | (values < 0) | (values >= num_classes)]
     if bad_values.size:
-        raise DataError(label_path, f"label values {bad_values[:10].tolist()} are outside the declared classes "
+        shown = [int(v) if v == int(v) else float(v) for v in bad_values[:10]]
+        raise DataError(label_path, f"label values {shown} are outside the declared classes "
                                     f"0..{num_classes - 1} of dataset.json")
     return image, label_f.astype(np.uint8)[None], img_affine
 

@@ -137,6 +137,8 @@ def compute_intensity_stats(records: Sequence[Record], num_classes: int, percent
             fg = rng.choice(fg, STATS_SAMPLES_PER_VOLUME, replace=False)
         samples.append(fg)
     lo, hi = np.percentile(np.concatenate(samples), percentiles)
+    if hi - lo < 1e-6:  # uniform foreground: keep a unit window rather than divide by zero
+        hi = lo + 1.0
     stats = IntensityStats(float(lo), float(hi), tuple(percentiles), len(records))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
