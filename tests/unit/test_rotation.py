@@ -1,0 +1,108 @@
+"""Rotation policy: pool size, uniqueness, full cycles, partial readiness, quarantine."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from common.rotation import RotationPlan, cycle_length, replace_count, simulate
+
+IDS = [f"c{i:02d}" for i in range(23)]
+
+
+@pytest.mark.parametrize("n,cache_num,rate", [(23, 10, 0.2), (23, 7, 0.5), (23, 20, 0.3), (10, 3, 1.0), (5, 4, 0.9)])
+def test_constant_size_no_duplicates_at_most_r(n: int, cache_num: int, rate: float) -> None:
+    ids = IDS[:n]
+    r = replace_count(cache_num, rate, n)
+    assert r == min(n - cache_num, math.ceil(cache_num * rate))
+    for pool, rot in simulate(ids, cache_num, rate, seed=3, generations=40):
+        assert len(pool) == cache_num
+        assert len(set(pool)) == cache_num
+        if rot is not None:
+            assert len(rot.leaving) == len(rot.entering) <= r
+            assert not set(rot.entering) & set(rot.leaving)
+
+
+@pytest.mark.parametrize("n,cache_num,rate", [(23, 10, 0.2), (23, 7, 0.5), (23, 20, 0.3), (10, 3, 1.0)])
+def test_every_item_enters_once_per_cycle(n: int, cache_num: int, rate: float) -> None:
+    ids = IDS[:n]
+    r = replace_count(cache_num, rate, n)
+    cycle = cycle_length(n, cache_num, r)
+    assert cycle == math.ceil((n - cache_num) / r)
+    history = simulate(ids, cache_num, rate, seed=1, generations=3 * cycle)
+    for start in range(0, 3 * cycle, cycle):
+        outside = set(ids) - set(history[start][0])
+        entered = [i for _, rot in history[start + 1: start + cycle + 1] for i in rot.entering]
+        assert outside <= set(entered)
+        assert all(entered.count(i) == 1 for i in outside)
+        seen = set(history[start][0]).union(entered)
+        assert seen == set(ids)
+
+
+def test_oldest_leave_first() -> None:
+    history = simulate(IDS, 10, 0.2, seed=0, generations=2)
+    pool0 = history[0][0]
+    assert history[1][1].leaving == pool0[:2]
+    assert history[2][1].leaving == pool0[2:4]
+
+
+@pytest.mark.parametrize("cache_num,rate", [(10, 0.0), (23, 0.5), (40, 0.5)])
+def test_no_rotation_when_r_zero_or_pool_is_everything(cache_num: int, rate: float) -> None:
+    history = simulate(IDS, cache_num, rate, seed=0, generations=5)
+    assert all(pool == history[0][0] for pool, _ in history)
+    assert all(not rot.entering and not rot.leaving for _, rot in history[1:])
+    assert len(history[0][0]) == min(cache_num, len(IDS))
+
+
+def test_seed_decides_order() -> None:
+    a = simulate(IDS, 10, 0.2, seed=5, generations=3)
+    b = simulate(IDS, 10, 0.2, seed=5, generations=3)
+    c = simulate(IDS, 10, 0.2, seed=6, generations=3)
+    assert [p for p, _ in a] == [p for p, _ in b]
+    assert [p for p, _ in a] != [p for p, _ in c]
+
+
+def test_rotation_only_swaps_ready_items() -> None:
+    plan = RotationPlan(IDS, 10, 0.3, np.random.default_rng(0))
+    plan.fill(set(IDS))
+    nxt = plan.waiting[:3]
+    rot = plan.rotate({nxt[1]})
+    assert rot.entering == (nxt[1],) and len(rot.leaving) == 1
+    assert plan.waiting[:2] == (nxt[0], nxt[2])
+    assert plan.rotate(set()).entering == ()
+    assert len(plan.pool) == 10
+
+
+def test_fill_takes_ready_items_in_order_and_skips_dropped() -> None:
+    plan = RotationPlan(IDS, 5, 0.2, np.random.default_rng(0))
+    first = plan.wanted()
+    assert len(first) == 5 + plan.replace_num
+    plan.drop(first[2])
+    added = plan.fill(set(IDS))
+    assert first[2] not in added and len(added) == 5 and plan.deficit == 0
+    assert first[2] not in plan.waiting and plan.dropped == [first[2]]
+
+
+def test_drop_from_pool_frees_a_slot_that_fill_refills() -> None:
+    plan = RotationPlan(IDS, 5, 0.2, np.random.default_rng(0))
+    plan.fill(set(IDS))
+    victim = plan.pool[0]
+    plan.drop(victim)
+    assert plan.deficit == 1
+    plan.fill(set(IDS))
+    assert len(plan.pool) == 5 and victim not in plan.pool
+
+
+def test_lower_capacity_shrinks_at_next_rotation() -> None:
+    plan = RotationPlan(IDS, 6, 0.5, np.random.default_rng(0))
+    plan.fill(set(IDS))
+    plan.set_capacity(4)
+    rot = plan.rotate(set(IDS))
+    assert len(plan.pool) == 4 and len(rot.leaving) == len(rot.entering) + 2
+
+
+def test_rejects_duplicates() -> None:
+    with pytest.raises(ValueError):
+        RotationPlan(["a", "a"], 1, 0.5, np.random.default_rng(0))
