@@ -1,0 +1,115 @@
+"""Crop centres follow the ratio and the positive definition; crops match a brute-force reference."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from common.sampling import choose_centres, crop, sample_crops
+from common.volume import PreparedVolume, class_voxel_indices
+
+
+def make_volume(shape: tuple[int, int, int] = (40, 36, 32), channels: int = 2, seed: int = 0,
+                label: np.ndarray | None = None, num_classes: int = 3) -> PreparedVolume:
+    rng = np.random.default_rng(seed)
+    image = rng.normal(size=(channels, *shape)).astype(np.float32)
+    if label is None:
+        label = np.zeros((1, *shape), dtype=np.uint8)
+        label[0, 10:20, 8:18, 5:15] = 1
+        label[0, 25:30, 20:30, 20:28] = 2
+    indices, counts = class_voxel_indices(label, num_classes, image.nbytes)
+    return PreparedVolume("v", image, label, indices, counts, np.eye(4), np.eye(4), shape)
+
+
+def reference_crop(image: np.ndarray, label: np.ndarray, centre, patch) -> tuple[np.ndarray, np.ndarray]:
+    """Voxel by voxel: out[i] = src[centre - p//2 + i] if inside else 0."""
+    out_i = np.zeros((image.shape[0], *patch), dtype=image.dtype)
+    out_l = np.zeros((label.shape[0], *patch), dtype=label.dtype)
+    for idx in itertools.product(*(range(p) for p in patch)):
+        src = [c - p // 2 + i for c, p, i in zip(centre, patch, idx)]
+        if all(0 <= s < n for s, n in zip(src, image.shape[1:])):
+            out_i[(slice(None), *idx)] = image[(slice(None), *src)]
+            out_l[(slice(None), *idx)] = label[(slice(None), *src)]
+    return out_i, out_l
+
+
+def test_centre_voxel_matches_positive_flag() -> None:
+    vol = make_volume()
+    centres, positive = choose_centres(vol, 500, 1.0, np.random.default_rng(1))
+    assert centres.shape == (500, 3) and positive.shape == (500,)
+    centre_labels = vol.label[0][tuple(centres.T)]
+    assert np.array_equal(centre_labels > 0, positive)
+    assert 0 < positive.sum() < 500
+
+
+@pytest.mark.parametrize("ratio, expected", [(3.0, 0.75), (1.0, 0.5), (0.25, 0.2)])
+def test_ratio_statistics(ratio: float, expected: float) -> None:
+    _, positive = choose_centres(make_volume(), 4000, ratio, np.random.default_rng(2))
+    assert positive.mean() == pytest.approx(expected, abs=0.03)
+
+
+def test_no_foreground_gives_all_negative() -> None:
+    vol = make_volume(label=np.zeros((1, 40, 36, 32), dtype=np.uint8))
+    centres, positive = choose_centres(vol, 50, 10.0, np.random.default_rng(0))
+    assert not positive.any() and np.all(vol.label[0][tuple(centres.T)] == 0)
+
+
+def test_no_background_gives_all_positive() -> None:
+    vol = make_volume(label=np.ones((1, 40, 36, 32), dtype=np.uint8), num_classes=2)
+    _, positive = choose_centres(vol, 50, 0.1, np.random.default_rng(0))
+    assert positive.all()
+
+
+@pytest.mark.parametrize("centre, patch", [
+    ((0, 0, 0), (6, 5, 4)),
+    ((39, 35, 31), (6, 5, 4)),
+    ((2, 34, 15), (7, 8, 9)),
+    ((20, 18, 16), (6, 5, 4)),       # fully inside: fast path
+    ((0, 18, 31), (1, 1, 1)),
+])
+def test_crop_matches_reference(centre, patch) -> None:
+    vol = make_volume()
+    img, lab = crop(vol.image, vol.label, centre, patch)
+    ref_i, ref_l = reference_crop(vol.image, vol.label, centre, patch)
+    assert img.shape == (2, *patch) and lab.shape == (1, *patch)
+    assert np.array_equal(img, ref_i) and np.array_equal(lab, ref_l)
+
+
+def test_even_patch_centre_at_half_index() -> None:
+    vol = make_volume()
+    img, _ = crop(vol.image, vol.label, (20, 18, 16), (4, 4, 4))
+    assert img[0, 2, 2, 2] == vol.image[0, 20, 18, 16]
+
+
+def test_crop_is_writeable_copy_of_read_only_source() -> None:
+    vol = make_volume()
+    vol.image.setflags(write=False)
+    vol.label.setflags(write=False)
+    for idx in vol.class_indices:
+        idx.setflags(write=False)
+    images, labels, _ = sample_crops(vol, 8, 1.0, (16, 16, 16), np.random.default_rng(3))
+    images += 1.0
+    labels[:] = 0
+    assert not np.shares_memory(images, vol.image)
+    img, lab = crop(vol.image, vol.label, (1, 1, 1), (8, 8, 8))
+    assert img.flags.writeable and lab.flags.writeable
+
+
+def test_same_seed_same_crops() -> None:
+    vol = make_volume()
+    a = sample_crops(vol, 6, 2.0, (12, 10, 8), np.random.default_rng(7))
+    b = sample_crops(vol, 6, 2.0, (12, 10, 8), np.random.default_rng(7))
+    c = sample_crops(vol, 6, 2.0, (12, 10, 8), np.random.default_rng(8))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_sample_crops_shapes_and_dtypes() -> None:
+    vol = make_volume()
+    images, labels, positive = sample_crops(vol, 5, 1.0, (16, 12, 8), np.random.default_rng(0))
+    assert images.shape == (5, 2, 16, 12, 8) and images.dtype == np.float32
+    assert labels.shape == (5, 1, 16, 12, 8) and labels.dtype == np.uint8
+    assert positive.dtype == bool and positive.shape == (5,)
+    assert np.array_equal(labels[:, 0, 8, 6, 4] > 0, positive)
