@@ -237,6 +237,13 @@ class ExperimentConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
 
+    def __post_init__(self) -> None:
+        factor = math.prod(self.training.strides)
+        for name, size in (("sampler.patch_size", self.sampler.patch_size),
+                           ("validation.roi_size", self.validation.roi_size)):
+            _check(all(s % factor == 0 for s in size), name, size,
+                   f"sizes divisible by {factor}, the U-Net's total stride (training.strides={list(self.training.strides)})")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from common.errors import ConfigError
+
 LABELS = ("background", "organ", "lesion")
 
 
@@ -70,9 +72,9 @@ def phantom(xyz: np.ndarray, rng: np.random.Generator, fov_mm: float) -> tuple[n
 def make_demo_data(out_dir: str | Path, cases: int = 8, size: int = 64, seed: int = 0) -> Path:
     """Write ``cases`` phantoms of ``size`` in-plane voxels plus dataset.json; deterministic per seed."""
     if cases < 2:
-        raise ValueError(f"--cases must be >= 2 (one for training, one for validation), got {cases}")
+        raise ConfigError("--cases", cases, "at least 2 (one for training, one for validation)")
     if size < 16:
-        raise ValueError(f"--size must be >= 16 voxels, got {size}")
+        raise ConfigError("--size", size, "at least 16 voxels")
     out = Path(out_dir)
     (out / "imagesTr").mkdir(parents=True, exist_ok=True)
     (out / "labelsTr").mkdir(parents=True, exist_ok=True)

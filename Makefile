@@ -1,0 +1,28 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+# Both create .venv on first use. The CPU build of torch is installed first so that
+# the package's own `torch>=2.2,<3` requirement does not pull a multi-GB CUDA build;
+# on a GPU machine set TORCH_SPEC to the CUDA wheel you want (e.g. TORCH_SPEC=torch).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+
+.PHONY: demo test test-all venv clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/smartcache demo --out runs/demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs
