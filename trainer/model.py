@@ -1,0 +1,69 @@
+"""Network, loss, optimiser and AMP settings, built from the config with MONAI parts.
+
+Kept apart from the training loop so the validation actor and ``smartcache predict``
+build exactly the same network from the same config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from monai.losses import DiceLoss
+from monai.networks.nets import UNet
+from monai.optimizers import Novograd
+
+from common.config import TrainingConfig
+
+
+def build_model(cfg: TrainingConfig, in_channels: int, num_classes: int) -> torch.nn.Module:
+    """MONAI 3D U-Net with instance norm (the paper's network family)."""
+    return UNet(spatial_dims=3, in_channels=in_channels, out_channels=num_classes, channels=cfg.channels,
+                strides=cfg.strides, num_res_units=cfg.num_res_units, norm="INSTANCE")
+
+
+def build_loss() -> torch.nn.Module:
+    """Soft Dice with the squared denominator of the paper's Eq. 1, on softmax outputs."""
+    return DiceLoss(to_onehot_y=True, softmax=True, squared_pred=True, include_background=False)
+
+
+def build_optimizer(cfg: TrainingConfig, params: Iterator[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "novograd":
+        return Novograd(params, lr=cfg.lr)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True)
+
+
+@dataclass(frozen=True)
+class AmpPolicy:
+    """Which autocast applies: fp16 + GradScaler on CUDA, bf16 on CPU only when asked."""
+
+    device_type: str
+    dtype: torch.dtype | None
+
+    @classmethod
+    def for_device(cls, device: torch.device, cfg: TrainingConfig) -> "AmpPolicy":
+        if not cfg.amp:
+            return cls(device.type, None)
+        if device.type == "cuda":
+            return cls("cuda", torch.float16)
+        return cls(device.type, torch.bfloat16 if cfg.cpu_bf16 else None)
+
+    @property
+    def enabled(self) -> bool:
+        return self.dtype is not None
+
+    @property
+    def uses_scaler(self) -> bool:
+        return self.dtype == torch.float16
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if not self.enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+    def scaler(self) -> torch.amp.GradScaler:
+        return torch.amp.GradScaler(self.device_type, enabled=self.uses_scaler)

@@ -1,0 +1,130 @@
+"""What a run leaves behind: report.json, metrics.jsonl, TensorBoard events, two PNGs.
+
+A person should see at a glance whether the run reached its target, how long it took and
+where the time went (waiting for data, computing, validating), and look at a picture of
+a validation case rather than trust a number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+
+@dataclass
+class RunReport:
+    """The summary written to ``report.json`` and printed at the end of ``smartcache train``."""
+
+    experiment_id: str
+    best_mean_dice: float
+    best_epoch: int | None
+    dice_per_class: dict[str, float]
+    target_dice: float
+    reached_target: bool
+    time_to_target_s: float | None
+    epochs: int
+    wall_seconds: float
+    cache_fill_seconds: float
+    train_seconds: float
+    data_wait_fraction: float
+    validation_seconds: float
+    ratio_history: list[float]
+    resumed_from_epoch: int | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_tensorboard(out: Path, train_rows: Sequence[dict[str, Any]], val_rows: Sequence[dict[str, Any]]) -> None:
+    """Scalars per epoch for TensorBoard (``tensorboard --logdir OUT/tensorboard``)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(out / "tensorboard")) as writer:
+        for row in train_rows:
+            for key in ("loss", "wait_fraction", "positive_fraction", "ratio"):
+                if key in row and row[key] is not None and not math.isnan(float(row[key])):
+                    writer.add_scalar(f"train/{key}", float(row[key]), int(row["epoch"]))
+        for row in val_rows:
+            writer.add_scalar("val/mean_dice", row["mean_dice"], int(row["epoch"]))
+            writer.add_scalar("val/next_ratio", row["ratio"], int(row["epoch"]))
+            for c, d in enumerate(row["dice_per_class"], start=1):
+                writer.add_scalar(f"val/dice_class_{c}", d, int(row["epoch"]))
+
+
+def plot_curves(path: Path, train_rows: Sequence[dict[str, Any]], val_rows: Sequence[dict[str, Any]],
+                target: float) -> None:
+    """Dice, loss and the pos:neg ratio against wall time, one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    if val_rows:
+        t = [r["time_s"] for r in val_rows]
+        axes[0].plot(t, [r["mean_dice"] for r in val_rows], "o-", label="mean foreground")
+        for c in range(len(val_rows[0]["dice_per_class"])):
+            axes[0].plot(t, [r["dice_per_class"][c] for r in val_rows], ".--", alpha=0.7, label=f"class {c + 1}")
+        axes[0].axhline(target, color="grey", ls=":", label=f"target {target:g}")
+        axes[2].step(t, [r["ratio"] for r in val_rows], where="post", color="tab:purple")
+    axes[0].set(title="validation Dice", xlabel="seconds", ylim=(0, 1))
+    axes[0].legend(fontsize=7)
+    if train_rows:
+        axes[1].plot([r["time_s"] for r in train_rows], [r["loss"] for r in train_rows], "-", color="tab:red")
+    axes[1].set(title="training loss (soft Dice)", xlabel="seconds")
+    axes[2].set(title="pos:neg ratio published", xlabel="seconds", yscale="log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_case(path: Path, image: np.ndarray, label: np.ndarray, pred: np.ndarray, title: str) -> None:
+    """Middle axial, coronal and sagittal slices with label (green) and prediction (red) contours."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    img = np.asarray(image[0])
+    lab, prd = np.asarray(label).reshape(img.shape), np.asarray(pred).reshape(img.shape)
+    cx, cy, cz = (s // 2 for s in img.shape)
+    views = [("axial", np.s_[:, :, cz]), ("coronal", np.s_[:, cy, :]), ("sagittal", np.s_[cx, :, :])]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
+    for ax, (name, sl) in zip(axes, views):
+        ax.imshow(img[sl].T, cmap="gray", origin="lower")
+        for values, colour in ((lab[sl], "lime"), (prd[sl], "red")):
+            for c in np.unique(values[values > 0]):
+                ax.contour((values == c).T.astype(float), levels=[0.5], colors=colour, linewidths=1.0)
+        ax.set_title(name)
+        ax.axis("off")
+    fig.suptitle(f"{title}   (green: label, red: prediction)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def format_summary(report: RunReport) -> str:
+    """The short final report shown in the terminal."""
+    ttt = f"{report.time_to_target_s:.0f} s" if report.time_to_target_s is not None else "not reached"
+    per_class = ", ".join(f"{k} {v:.3f}" for k, v in report.dice_per_class.items())
+    lines = [
+        f"experiment {report.experiment_id}: best mean Dice {report.best_mean_dice:.3f} "
+        f"(epoch {report.best_epoch}) [{per_class}]",
+        f"target {report.target_dice:g}: {'REACHED' if report.reached_target else 'not reached'}, "
+        f"time to target {ttt}, {report.epochs} epochs, {report.wall_seconds:.0f} s wall",
+        f"where time went: cache fill {report.cache_fill_seconds:.1f} s, training {report.train_seconds:.1f} s "
+        f"(waiting for data {100 * report.data_wait_fraction:.1f} % of step time), "
+        f"validation {report.validation_seconds:.1f} s (beside training)",
+        "ratio history: " + " ".join(f"{r:.2f}" for r in report.ratio_history[-12:]),
+    ]
+    return "\n".join(lines)
