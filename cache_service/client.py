@@ -1,0 +1,116 @@
+"""Driver-side helpers: find or start the cache for a fingerprint, call it with timeouts, wait for warm-up.
+
+Every call goes through :func:`call`, which turns a dead or unreachable actor into
+:class:`~common.errors.CacheUnavailableError` and re-raises the service's own errors
+(unknown experiment, ...) as themselves.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.actor import ActorHandle
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+from cache_service.actor import ServiceSpec, SmartCacheService
+from cache_service.status import CacheStatus
+from common.catalog import Catalog
+from common.config import ExperimentConfig
+from common.errors import CacheUnavailableError, SmartCacheError
+from common.preprocess import build_preprocessor
+
+ACTOR_NUM_CPUS = 0.25
+ACTOR_MAX_CONCURRENCY = 16
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_STATS_DIR = "~/.cache/smartcache-seg"
+
+
+def cache_name(fingerprint: str) -> str:
+    return f"smartcache-{fingerprint}"
+
+
+def _require_ray(name: str) -> None:
+    if not ray.is_initialized():
+        raise CacheUnavailableError(name, "Ray is not initialised; call ray.init(address=...) first")
+
+
+def call(handle: ActorHandle, method: str, *args: Any, timeout_s: float = DEFAULT_TIMEOUT_S,
+         name: str = "smartcache", **kwargs: Any) -> Any:
+    """``ray.get(handle.method.remote(...))`` with a timeout and project errors."""
+    try:
+        return ray.get(getattr(handle, method).remote(*args, **kwargs), timeout=timeout_s)
+    except RayTaskError as err:
+        if isinstance(err.cause, SmartCacheError):
+            raise err.cause from err
+        raise
+    except RayActorError as err:
+        raise CacheUnavailableError(name, f"the actor died or was stopped ({type(err).__name__})") from err
+    except GetTimeoutError as err:
+        raise CacheUnavailableError(name, f"no answer to {method}() within {timeout_s:.0f}s") from err
+
+
+def attach(fingerprint: str, namespace: str = "smartcache", timeout_s: float = DEFAULT_TIMEOUT_S) -> ActorHandle:
+    """The running cache for ``fingerprint``, from any driver connected to the cluster."""
+    name = cache_name(fingerprint)
+    _require_ray(name)
+    try:
+        handle = ray.get_actor(name, namespace=namespace)
+    except ValueError as err:
+        raise CacheUnavailableError(name, f"no such actor in namespace '{namespace}'") from err
+    call(handle, "ping", timeout_s=timeout_s, name=name)
+    return handle
+
+
+def get_or_create_cache(catalog: Catalog, cfg: ExperimentConfig, fingerprint: str, *,
+                        actor_num_cpus: float = ACTOR_NUM_CPUS, timeout_s: float = 120.0) -> ActorHandle:
+    """Attach to the cache for ``fingerprint`` or start it (detached, named, in ``cfg.cache.namespace``).
+
+    Creation races between drivers are settled by Ray's ``get_if_exists``: both get the same actor.
+    """
+    name, ns = cache_name(fingerprint), cfg.cache.namespace
+    try:
+        return attach(fingerprint, ns, timeout_s=timeout_s)
+    except CacheUnavailableError:
+        pass
+    stats_dir = Path(cfg.cache.stats_dir or DEFAULT_STATS_DIR).expanduser()
+    prep = build_preprocessor(catalog, cfg.preprocessing, cfg.sampler.patch_size, stats_dir, fingerprint)
+    spec = ServiceSpec(name=name, fingerprint=fingerprint, catalog=catalog, cache=cfg.cache, preprocessor=prep,
+                       seed=cfg.training.seed, initial_ratio=cfg.sampler.initial_ratio)
+    handle = ray.remote(SmartCacheService).options(
+        name=name, namespace=ns, lifetime="detached", get_if_exists=True, num_cpus=actor_num_cpus,
+        max_concurrency=ACTOR_MAX_CONCURRENCY, max_restarts=0).remote(spec)
+    call(handle, "ping", timeout_s=timeout_s, name=name)
+    return handle
+
+
+def wait_until_ready(handle: ActorHandle, timeout_s: float = 600.0, progress: bool = True,
+                     poll_s: float = 0.25) -> CacheStatus:
+    """Poll the status until the pool and the validation volumes are cached, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    deadline = time.monotonic() + timeout_s
+    status: CacheStatus = call(handle, "status")
+    with tqdm(total=status.capacity + status.val_items_total, desc=f"cache {status.fingerprint}",
+              unit="vol", disable=not progress) as bar:
+        while True:
+            bar.total = status.capacity + status.val_items_total - sum(q.split == "val" for q in status.quarantined)
+            bar.n = status.items_cached + status.val_items_cached
+            bar.refresh()
+            if status.state == "ready":
+                return status
+            if time.monotonic() > deadline:
+                raise CacheUnavailableError(status.name, f"not warm after {timeout_s:.0f}s ({bar.n}/{bar.total})")
+            time.sleep(poll_s)
+            status = call(handle, "status")
+
+
+def stop_cache(handle: ActorHandle) -> None:
+    """Stop and kill the cache actor (refs it owns die with it)."""
+    try:
+        ray.get(handle.stop.remote(), timeout=10)
+    except (RayActorError, GetTimeoutError):
+        pass
+    ray.kill(handle, no_restart=True)

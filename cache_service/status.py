@@ -1,0 +1,71 @@
+"""Typed status of a cache and of the experiments attached to it (pydantic, ready for a REST layer)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class SamplerReport(BaseModel):
+    """One sampler update published for an experiment (after a validation round)."""
+
+    epoch: int
+    ratio: float
+    r_fp: float
+    r_fn: float
+    dice_per_class: list[float]
+    mean_dice: float
+    time: float
+
+
+class ExperimentStatus(BaseModel):
+    """An attached experiment: what it said about itself, how far it is, what its sampler does."""
+
+    experiment_id: str
+    info: dict = Field(default_factory=dict)
+    registered_at: float
+    last_report_at: float | None = None
+    epoch: int = -1
+    progress: dict[str, float] = Field(default_factory=dict)
+    ratio: float
+    sampler_history: list[SamplerReport] = Field(default_factory=list)
+
+
+class QuarantinedItem(BaseModel):
+    """An item whose preparation failed; it is never served, the rest are."""
+
+    item_id: str
+    error: str
+    split: str = "train"
+
+
+class CacheStatus(BaseModel):
+    """Everything an operator asks about a cache, in one snapshot."""
+
+    fingerprint: str
+    name: str
+    state: str  # filling | ready
+    train_items: int
+    cache_num: int  # the configured pool size (cache_num / cache_rate)
+    capacity: int  # the pool size actually targeted (lower when the byte budget is limiting)
+    items_cached: int
+    pool: list[str]
+    bytes_cached: int  # pool + ready replacements + validation volumes held by the cache
+    byte_budget: int
+    budget_limited: bool = False
+    budget_message: str = ""
+    generation: int
+    rotations: int
+    replace_num: int
+    replacements_pending: int
+    replacements_ready: int
+    val_items_total: int
+    val_items_cached: int
+    use_counts: dict[str, int] = Field(default_factory=dict)
+    prep_seconds_spent: float = 0.0
+    seconds_saved: float = 0.0
+    disk_hits: int = 0
+    disk_rejected: list[str] = Field(default_factory=list)
+    quarantined: list[QuarantinedItem] = Field(default_factory=list)
+    experiments: list[ExperimentStatus] = Field(default_factory=list)
+    uptime_s: float = 0.0
+    idle_s: float = 0.0  # seconds with no experiment attached (0 while one is)

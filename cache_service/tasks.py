@@ -1,0 +1,38 @@
+"""The preparation task: read a volume from the disk tier, or preprocess it (and write it there).
+
+It returns two objects: a small :class:`PrepMeta` the actor reads, and the volume itself,
+which goes into the object store once and is never loaded by the actor.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from cache_service.disk_tier import DiskTier
+from cache_service.pool import PrepMeta
+from common.catalog import Record
+from common.preprocess import Preprocessor
+from common.volume import PreparedVolume
+
+log = logging.getLogger(__name__)
+
+
+def prepare_item(preprocessor: Preprocessor, record: Record, disk_dir: str | None,
+                 fingerprint: str) -> tuple[PrepMeta, PreparedVolume]:
+    """Disk tier hit, else the deterministic prefix; a DataError propagates (the actor quarantines)."""
+    note = None
+    tier = DiskTier(disk_dir, fingerprint) if disk_dir else None
+    if tier is not None:
+        start = time.perf_counter()
+        vol, note = tier.read(record.item_id)
+        if vol is not None:
+            log.debug("disk hit %s in %.3fs", record.item_id, time.perf_counter() - start)
+            return PrepMeta(record.item_id, vol.nbytes, vol.prep_seconds, True, None), vol
+    vol = preprocessor(record)
+    if tier is not None:
+        try:
+            tier.write(vol)
+        except OSError as err:  # a full or read-only disk must not stop the cache
+            log.warning("could not write %s to the disk tier: %s", record.item_id, err)
+    return PrepMeta(record.item_id, vol.nbytes, vol.prep_seconds, False, note), vol
