@@ -4,6 +4,8 @@ Every transform here declares ``is_random = True`` so ``common.preprocess.split_
 cuts a chain before it. They work on one numpy sample -- image (C, X, Y, Z) float32 and
 label (1, X, Y, Z) integer -- and take the ``np.random.Generator`` as an argument, so a
 seeded producer gives the same augmentations in the same order on every run.
+Intensity transforms modify a writeable input in place (pass a copy to keep it);
+``augment_batch`` copies the batch first unless told it may work in place.
 
 Intensity transforms follow MONAI's definitions: the shift adds an *absolute* offset
 drawn from [-shift_offset, shift_offset] (MONAI ``RandShiftIntensity``, which the paper
@@ -14,6 +16,7 @@ contrast applies a gamma to the crop rescaled to its own [min, max] and maps it 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Protocol
 
@@ -29,6 +32,16 @@ class RandomTransform(Protocol):
     is_random: bool
 
     def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> Sample: ...
+
+
+def _inplace(op: np.ufunc, image: np.ndarray, value: np.float32) -> np.ndarray:
+    """Apply ``op(image, value)`` in place when the array may be written, else into a new array.
+
+    Intensity transforms run in place to avoid allocating a fresh crop-sized array per
+    sample (page faults cost as much as the arithmetic); ``augment_batch`` only hands
+    them arrays it owns, and read-only inputs are never modified.
+    """
+    return op(image, value, out=image) if image.flags.writeable else op(image, value)
 
 
 class RandFlip:
@@ -57,7 +70,7 @@ class RandShiftIntensity:
     def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> Sample:
         if rng.random() >= self.prob:
             return image, label
-        return image + np.float32(rng.uniform(-self.offset, self.offset)), label
+        return _inplace(np.add, image, np.float32(rng.uniform(-self.offset, self.offset))), label
 
 
 class RandScaleIntensity:
@@ -71,7 +84,7 @@ class RandScaleIntensity:
     def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> Sample:
         if rng.random() >= self.prob:
             return image, label
-        return image * np.float32(1.0 + rng.uniform(-self.factor, self.factor)), label
+        return _inplace(np.multiply, image, np.float32(1.0 + rng.uniform(-self.factor, self.factor))), label
 
 
 class RandContrast:
@@ -89,8 +102,12 @@ class RandContrast:
         lo, hi = float(image.min()), float(image.max())
         if hi - lo <= 1e-12:  # a flat crop has no contrast to change
             return image, label
-        unit = (image - lo) / (hi - lo)
-        return (np.power(unit, gamma) * (hi - lo) + lo).astype(np.float32), label
+        out = _inplace(np.subtract, image, np.float32(lo))
+        out /= np.float32(hi - lo)
+        np.power(out, np.float32(gamma), out=out)
+        out *= np.float32(hi - lo)
+        out += np.float32(lo)
+        return out, label
 
 
 def rotation_matrix(angles_rad: np.ndarray) -> np.ndarray:
@@ -143,6 +160,19 @@ def build_transforms(cfg: AugmentConfig) -> list[RandomTransform]:
         RandScaleIntensity(cfg.scale_prob, cfg.scale_factor),
         RandShiftIntensity(cfg.shift_prob, cfg.shift_offset),
     ]
+
+
+def draw_flips(n: int, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """(n, 3) flags: which spatial axes to mirror per crop, for flipping while cropping.
+
+    A producer that flips during the crop copy (``common.sampling.crop_into(flip=...)``)
+    then runs ``augment_batch`` with ``without_flip(cfg)``, saving a pass over each crop.
+    """
+    return rng.random((n, 3)) < cfg.flip_prob
+
+
+def without_flip(cfg: AugmentConfig) -> AugmentConfig:
+    return dataclasses.replace(cfg, flip_prob=0.0)
 
 
 def augment_sample(image: np.ndarray, label: np.ndarray, transforms: list[RandomTransform],

@@ -56,12 +56,18 @@ def _bounds(centre: Centre, patch_size: Sequence[int]) -> tuple[np.ndarray, np.n
 
 
 def crop_into(out_image: np.ndarray, out_label: np.ndarray, image: np.ndarray, label: np.ndarray,
-              centre: Centre, patch_size: Sequence[int], pad_value: float = 0.0) -> None:
+              centre: Centre, patch_size: Sequence[int], pad_value: float = 0.0,
+              flip: Sequence[bool] | None = None) -> None:
     """Copy the patch around ``centre`` into preallocated outputs (no intermediate arrays).
 
     Inside the volume this is one strided slice copy per array; across the border only
-    the overlapping part is copied and the rest filled with ``pad_value`` / 0.
+    the overlapping part is copied and the rest filled with ``pad_value`` / 0. ``flip``
+    (one flag per spatial axis) writes the patch mirrored along those axes at no extra
+    cost, so a random flip needs no second pass over the crop.
     """
+    if flip is not None and any(flip):
+        mirror = (slice(None), *(slice(None, None, -1) if f else slice(None) for f in flip))
+        out_image, out_label = out_image[mirror], out_label[mirror]
     spatial = image.shape[1:]
     start, stop = _bounds(centre, patch_size)
     if np.all(start >= 0) and np.all(stop <= spatial):

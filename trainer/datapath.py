@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from common.augment import augment_batch
+from common.augment import augment_batch, draw_flips, without_flip
 from common.config import AugmentConfig, SamplerConfig
 from common.sampling import choose_centres, crop_into
 from common.volume import PreparedVolume
@@ -124,9 +124,10 @@ class CropBatchStream:
         first = crops[0].volume
         images = np.empty((len(crops), first.image.shape[0], *patch), dtype=np.float32)
         labels = np.empty((len(crops), first.label.shape[0], *patch), dtype=np.uint8)
+        flips = draw_flips(len(crops), self.augment, self.rng)  # flipped while copying: no extra pass
         for i, c in enumerate(crops):
-            crop_into(images[i], labels[i], c.volume.image, c.volume.label, c.centre, patch)
-        augment_batch(images, labels, self.augment, self.rng, inplace=True)
+            crop_into(images[i], labels[i], c.volume.image, c.volume.label, c.centre, patch, flip=flips[i])
+        augment_batch(images, labels, without_flip(self.augment), self.rng, inplace=True)
         positive = torch.tensor([c.positive for c in crops], dtype=torch.bool)
         return {"image": torch.from_numpy(images), "label": torch.from_numpy(labels), "positive": positive}
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from common.augment import (RandAffine, RandContrast, RandFlip, RandScaleIntensity, RandShiftIntensity,
-                            augment_batch, build_transforms, rotation_matrix)
+                            augment_batch, build_transforms, draw_flips, rotation_matrix,
+                            without_flip)
 from common.config import AugmentConfig
 from common.preprocess import is_random
 
@@ -90,21 +91,21 @@ def test_rotation_matrix_is_orthonormal() -> None:
 
 def test_shift_is_absolute_offset() -> None:
     image = np.full((1, 2, 2, 2), 5.0, dtype=np.float32)
-    out, _ = RandShiftIntensity(1.0, 0.1)(image, image, np.random.default_rng(0))
+    out, _ = RandShiftIntensity(1.0, 0.1)(image.copy(), image, np.random.default_rng(0))
     delta = np.unique(out - image)
     assert delta.size == 1 and abs(delta[0]) <= 0.1 + 1e-6 and delta[0] != 0
 
 
 def test_scale_multiplies() -> None:
     image = np.full((1, 2, 2, 2), 2.0, dtype=np.float32)
-    out, _ = RandScaleIntensity(1.0, 0.1)(image, image, np.random.default_rng(0))
+    out, _ = RandScaleIntensity(1.0, 0.1)(image.copy(), image, np.random.default_rng(0))
     factor = np.unique(out / image)
     assert factor.size == 1 and 0.9 <= factor[0] <= 1.1
 
 
 def test_contrast_keeps_min_max_and_order() -> None:
     image = np.linspace(-1, 3, 27, dtype=np.float32).reshape(1, 3, 3, 3)
-    out, _ = RandContrast(1.0, (2.0, 2.0))(image, image, np.random.default_rng(0))
+    out, _ = RandContrast(1.0, (2.0, 2.0))(image.copy(), image, np.random.default_rng(0))
     assert out.min() == pytest.approx(-1) and out.max() == pytest.approx(3)
     assert np.all(np.diff(out.ravel()) >= 0)
     assert out.ravel()[13] == pytest.approx(-1 + 4 * 0.5 ** 2)
@@ -114,3 +115,19 @@ def test_contrast_flat_crop_unchanged() -> None:
     image = np.ones((1, 2, 2, 2), dtype=np.float32)
     out, _ = RandContrast(1.0, (0.5, 2.0))(image, image, np.random.default_rng(0))
     assert np.array_equal(out, image)
+
+
+def test_read_only_input_is_not_modified() -> None:
+    image = np.linspace(0, 1, 8, dtype=np.float32).reshape(1, 2, 2, 2)
+    keep = image.copy()
+    image.setflags(write=False)
+    for t in (RandShiftIntensity(1.0, 0.1), RandScaleIntensity(1.0, 0.1), RandContrast(1.0, (2.0, 2.0))):
+        out, _ = t(image, image, np.random.default_rng(0))
+        assert out is not image
+    assert np.array_equal(image, keep)
+
+
+def test_draw_flips_and_without_flip() -> None:
+    flips = draw_flips(4000, AugmentConfig(flip_prob=0.25), np.random.default_rng(0))
+    assert flips.shape == (4000, 3) and abs(flips.mean() - 0.25) < 0.03
+    assert without_flip(ALL).flip_prob == 0.0 and without_flip(ALL).shift_prob == ALL.shift_prob

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from common.sampling import choose_centres, crop, sample_crops
+from common.sampling import choose_centres, crop, crop_into, sample_crops
 from common.volume import PreparedVolume, class_voxel_indices
 
 
@@ -113,3 +113,15 @@ def test_sample_crops_shapes_and_dtypes() -> None:
     assert labels.shape == (5, 1, 16, 12, 8) and labels.dtype == np.uint8
     assert positive.dtype == bool and positive.shape == (5,)
     assert np.array_equal(labels[:, 0, 8, 6, 4] > 0, positive)
+
+
+@pytest.mark.parametrize("centre", [(20, 18, 16), (1, 34, 30)])
+@pytest.mark.parametrize("flip", [(True, False, False), (False, True, True), (True, True, True)])
+def test_crop_with_flip_equals_flipped_crop(centre, flip) -> None:
+    vol = make_volume()
+    img, lab = crop(vol.image, vol.label, centre, (6, 7, 8))
+    axes = tuple(1 + a for a, f in enumerate(flip) if f)
+    out_i = np.empty_like(img)
+    out_l = np.empty_like(lab)
+    crop_into(out_i, out_l, vol.image, vol.label, centre, (6, 7, 8), flip=flip)
+    assert np.array_equal(out_i, np.flip(img, axes)) and np.array_equal(out_l, np.flip(lab, axes))
