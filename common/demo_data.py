@@ -56,7 +56,7 @@ def phantom(xyz: np.ndarray, rng: np.random.Generator, fov_mm: float) -> tuple[n
     k = rng.integers(2, 5, 2)
     wobble = 1.0 + 0.12 * np.sin(k[0] * theta + rng.uniform(0, 6.3)) * np.cos(k[1] * phi + rng.uniform(0, 6.3))
     organ = (r < wobble) & body
-    lesion_r = float(rng.uniform(0.04, 0.07) * fov_mm)
+    lesion_r = float(rng.uniform(0.07, 0.10) * fov_mm)
     lesion_c = centre + rng.uniform(-0.4, 0.4, 3) * radii
     lesion = ((x - lesion_c[0]) ** 2 + (y - lesion_c[1]) ** 2 + (z - lesion_c[2]) ** 2 < lesion_r**2) & organ
     hu = np.full(x.shape, -1000.0, dtype=np.float32)

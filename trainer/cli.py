@@ -7,6 +7,7 @@ import sys
 from typing import Callable, Sequence
 
 from common.errors import SmartCacheError
+from trainer import commands
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Shared SmartCache data service on Ray for fast 3D medical image segmentation training.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_make_demo_data(sub)
+    commands.register(sub)
     return parser
 
 

@@ -1,0 +1,196 @@
+"""Start one experiment: attach to (or create) the shared cache, the validation actor and
+the Ray Train workers, then gather everything into a report.
+
+This is the driver side of ``smartcache train``. It owns no training arithmetic; it wires
+the pieces together, checks the request fits the cluster before anything starts, and
+turns what the workers and the validation actor recorded into report files.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from cache_service.client import DEFAULT_STATS_DIR, call, get_or_create_cache, wait_until_ready
+from common.catalog import Catalog, fingerprint, load_catalog
+from common.config import ExperimentConfig
+from common.errors import CacheUnavailableError, ConfigError, SmartCacheError
+from common.preprocess import compute_intensity_stats, resolve_normalization
+from trainer.predict import MODEL_FILE, save_model_file
+from trainer.report import RunReport, format_summary, plot_case, plot_curves, write_jsonl, write_tensorboard
+from trainer.validation_service import ValidationService
+from trainer.worker import train_loop_per_worker
+
+
+class TrainingFailedError(SmartCacheError, RuntimeError):
+    """Training stopped for a reason the user must see (the cause is chained)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    out_dir: Path
+    resume: bool = False
+    show_progress: bool = True
+
+
+def in_channels_of(catalog: Catalog) -> int:
+    import nibabel as nib
+
+    shape = nib.load(catalog.train[0].image).shape
+    return 1 if len(shape) == 3 else int(shape[-1])
+
+
+def check_fits_cluster(cfg: ExperimentConfig) -> None:
+    """Refuse a request the cluster cannot place, instead of waiting forever for resources."""
+    resources = ray.cluster_resources()
+    cpus = float(resources.get("CPU", 0))
+    need = cfg.training.num_workers * cfg.training.worker_num_cpus
+    if need > cpus:
+        raise ConfigError("training.num_workers", cfg.training.num_workers,
+                          f"{cfg.training.num_workers} workers x {cfg.training.worker_num_cpus} CPU need {need:g} "
+                          f"CPUs but the cluster has {cpus:g}; lower training.num_workers or "
+                          "training.worker_num_cpus")
+    if cfg.training.use_gpu and resources.get("GPU", 0) < cfg.training.num_workers:
+        raise ConfigError("training.use_gpu", True, f"the cluster has {resources.get('GPU', 0):g} GPUs for "
+                          f"{cfg.training.num_workers} workers; set training.use_gpu=false or fewer workers")
+
+
+def latest_checkpoint(out_dir: Path) -> ray.train.Checkpoint | None:
+    candidates = sorted((out_dir / "ray_results").glob("*/checkpoint_*"), key=lambda p: p.stat().st_mtime)
+    return ray.train.Checkpoint.from_directory(str(candidates[-1])) if candidates else None
+
+
+def _trainer(cfg: ExperimentConfig, loop_config: dict[str, Any], out_dir: Path, name: str,
+             resume_from: ray.train.Checkpoint | None) -> TorchTrainer:
+    backend = "nccl" if cfg.training.use_gpu else "gloo"
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend=backend),
+        scaling_config=ScalingConfig(num_workers=cfg.training.num_workers, use_gpu=cfg.training.use_gpu,
+                                     resources_per_worker={"CPU": cfg.training.worker_num_cpus}),
+        run_config=RunConfig(name=name, storage_path=str((out_dir / "ray_results").resolve()),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        resume_from_checkpoint=resume_from,
+    )
+
+
+def _summarise(cfg: ExperimentConfig, catalog: Catalog, experiment_id: str, rows: list[dict[str, Any]],
+               val_rows: list[dict[str, Any]], wall: float, fill_s: float, resumed: int | None) -> RunReport:
+    best = max(val_rows, key=lambda r: r["mean_dice"], default=None)
+    hit = next((r for r in val_rows if r["mean_dice"] >= cfg.training.target_dice), None)
+    rank0 = [r for r in rows if r.get("rank", 0) == 0]
+    step_s = sum(r["step_seconds"] for r in rows)
+    wait_s = sum(r["wait_seconds"] for r in rows)
+    names = catalog.labels[1:]
+    return RunReport(
+        experiment_id=experiment_id,
+        best_mean_dice=float(best["mean_dice"]) if best else 0.0,
+        best_epoch=int(best["epoch"]) if best else None,
+        dice_per_class={n: float(d) for n, d in zip(names, best["dice_per_class"])} if best else {},
+        target_dice=cfg.training.target_dice, reached_target=hit is not None,
+        time_to_target_s=float(hit["time_s"]) if hit else None,
+        epochs=len(rank0), wall_seconds=wall, cache_fill_seconds=fill_s,
+        train_seconds=sum(r["step_seconds"] + r["wait_seconds"] for r in rank0),
+        data_wait_fraction=wait_s / (wait_s + step_s) if wait_s + step_s > 0 else 0.0,
+        validation_seconds=sum(r["seconds"] for r in val_rows),
+        ratio_history=[float(r["ratio"]) for r in val_rows], resumed_from_epoch=resumed,
+        config=cfg.to_dict())
+
+
+def _write_outputs(out: Path, report: RunReport, rows: list[dict[str, Any]], val_rows: list[dict[str, Any]],
+                   example: Any) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(report.to_json())
+    write_jsonl(out / "metrics.jsonl", [{"kind": "train", **r} for r in rows] +
+                [{"kind": "validation", **r} for r in val_rows])
+    rank0 = [r for r in rows if r.get("rank", 0) == 0]
+    write_tensorboard(out, rank0, val_rows)
+    plot_curves(out / "curves.png", rank0, val_rows, report.target_dice)
+    if example is not None:
+        item_id, image, label, pred = example
+        plot_case(out / "validation_case.png", image, label, pred, f"validation case {item_id}")
+
+
+def _save_model(out: Path, weights: dict[str, Any], cfg: ExperimentConfig, catalog: Catalog, fp: str,
+                in_channels: int) -> None:
+    """model.pt with the best weights and what predict needs to preprocess new scans identically."""
+    norm = resolve_normalization(cfg.preprocessing, catalog)
+    stats = None
+    if norm == "ct":
+        stats_dir = Path(cfg.cache.stats_dir or DEFAULT_STATS_DIR).expanduser()
+        stats = compute_intensity_stats(catalog.train, catalog.num_classes, cfg.preprocessing.ct_percentiles,
+                                        stats_dir, fp)
+    save_model_file(out / MODEL_FILE, weights, cfg, catalog.num_classes, in_channels, catalog.labels, norm, stats)
+
+
+def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
+    """Run one experiment on the connected Ray cluster and write its report to ``opts.out_dir``."""
+    t_start = time.time()
+    catalog = load_catalog(cfg.data.dataset_dir, cfg.data)
+    if not catalog.val:
+        raise ConfigError("data.val_fraction", cfg.data.val_fraction, "a split with at least one validation case")
+    check_fits_cluster(cfg)
+    fp = fingerprint(catalog, cfg.preprocessing)
+    experiment_id = f"{cfg.name}-{uuid.uuid4().hex[:6]}"
+    cache = get_or_create_cache(catalog, cfg, fp)
+    t_fill = time.time()
+    status = wait_until_ready(cache, progress=opts.show_progress)
+    for q in status.quarantined:
+        print(f"warning: {q.item_id} ({q.split}) is quarantined and left out: {q.error}")
+    fill_s = time.time() - t_fill
+    call(cache, "register", experiment_id, {"name": cfg.name, "lr": cfg.training.lr,
+                                            "optimizer": cfg.training.optimizer})
+    num_classes, in_channels = catalog.num_classes, in_channels_of(catalog)
+    validator = ray.remote(ValidationService).options(
+        name=f"validator-{experiment_id}", namespace=cfg.cache.namespace, num_cpus=cfg.validation.num_cpus,
+        max_concurrency=2, num_gpus=0).remote(cfg.to_dict(), fp, experiment_id, num_classes, in_channels, t_start)
+    resume_from = latest_checkpoint(opts.out_dir) if opts.resume else None
+    loop_config = {"experiment": cfg.to_dict(), "fingerprint": fp, "experiment_id": experiment_id,
+                   "validator_name": f"validator-{experiment_id}", "num_classes": num_classes,
+                   "in_channels": in_channels, "t_start": t_start}
+    try:
+        result = _trainer(cfg, loop_config, opts.out_dir, experiment_id, resume_from).fit()
+        _raise_if_failed(result)
+        rows = ray.get(validator.train_rows.remote())
+        val_rows = ray.get(validator.history.remote())
+        example = ray.get(validator.example_case.remote())
+        best_weights = ray.get(validator.best_weights.remote())
+    except (ray.exceptions.RayError, ray.train.TrainingFailedError) as err:
+        raise TrainingFailedError(f"training of {experiment_id} failed: {err}") from err
+    finally:
+        ray.kill(validator)
+        try:
+            call(cache, "unregister", experiment_id)
+        except CacheUnavailableError:
+            pass
+    resumed = None
+    if resume_from is not None and rows:
+        resumed = min(r["epoch"] for r in rows)
+    report = _summarise(cfg, catalog, experiment_id, rows, val_rows, time.time() - t_start, fill_s, resumed)
+    _write_outputs(opts.out_dir, report, rows, val_rows, example)
+    if best_weights is not None:
+        _save_model(opts.out_dir, best_weights, cfg, catalog, fp, in_channels)
+    if opts.show_progress:
+        print(format_summary(report))
+    return report
+
+
+def _raise_if_failed(result: Any) -> None:
+    if getattr(result, "error", None) is not None:
+        raise TrainingFailedError(f"training failed: {result.error}") from result.error

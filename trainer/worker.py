@@ -1,0 +1,118 @@
+"""The per-worker training loop that Ray Train runs under DDP (nanoGPT-style, top to bottom).
+
+Each epoch: take this experiment's cache snapshot (the same for every rank), cut crops
+from this rank's shard with the ratio the validation actor published, train, then rank 0
+hands the weights to the validation actor, checkpoints, and decides with the others
+whether the target Dice has been reached.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from cache_service.client import attach, call
+from common.config import config_from_dict
+from trainer.datapath import CropBatchStream
+from trainer.model import AmpPolicy, build_loss, build_model, build_optimizer
+from trainer.steps import run_epoch, seed_everything
+
+CHECKPOINT_FILE = "state.pt"
+
+
+def _agree(flag: bool, device: torch.device) -> bool:
+    """Rank 0's decision, shared with every rank so they stop on the same epoch."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.broadcast(t, src=0)
+    return bool(t.item() > 0.5)
+
+
+def _restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> int:
+    """Load the Ray Train checkpoint if there is one; returns the first epoch to run."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    target = model.module if hasattr(model, "module") else model
+    target.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    return int(state["epoch"]) + 1
+
+
+def _report(metrics: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            scaler: torch.amp.GradScaler, rank: int) -> None:
+    """Every rank reports; rank 0 attaches the checkpoint (model, optimiser, scaler, epoch)."""
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    target = model.module if hasattr(model, "module") else model
+    with tempfile.TemporaryDirectory() as d:
+        torch.save({"model": target.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(), "epoch": metrics["epoch"]}, Path(d) / CHECKPOINT_FILE)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    cfg = config_from_dict(config["experiment"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    seed_everything(cfg.training.seed + 1000 * rank, cfg.training.deterministic)
+    device = ray.train.torch.get_device()
+
+    model = ray.train.torch.prepare_model(build_model(cfg.training, config["in_channels"], config["num_classes"]))
+    optimizer = build_optimizer(cfg.training, model.parameters())
+    loss_fn = build_loss()
+    amp = AmpPolicy.for_device(device, cfg.training)
+    scaler = amp.scaler()
+    start_epoch = _restore(model, optimizer, scaler)
+
+    cache = attach(config["fingerprint"], cfg.cache.namespace)
+    validator = ray.get_actor(config["validator_name"], namespace=cfg.cache.namespace) if rank == 0 else None
+    experiment_id, t_start = config["experiment_id"], config["t_start"]
+    pending = None
+    for epoch in range(start_epoch, cfg.training.epochs):
+        snap = call(cache, "snapshot", experiment_id)
+        rng = np.random.default_rng([cfg.training.seed, epoch, rank])
+        with CropBatchStream(snap.refs, ray.get, snap.ratio, cfg.sampler, cfg.augmentation,
+                             cfg.training.batch_size, seed=cfg.training.seed, rng=rng, rank=rank, world_size=world, epoch=epoch,
+                             steps=cfg.training.steps_per_epoch) as batches:
+            stats = run_epoch(model, batches, loss_fn, optimizer, amp, scaler, device, epoch, snap.ratio,
+                              snap.generation)
+            stats.wait_seconds = batches.wait_seconds
+
+        stop = False
+        if rank == 0:
+            call(cache, "report_progress", experiment_id, epoch, {"loss": stats.loss})
+            if epoch % cfg.validation.interval == 0 or epoch == cfg.training.epochs - 1:
+                target = model.module if hasattr(model, "module") else model
+                weights = ray.put({k: v.detach().cpu() for k, v in target.state_dict().items()})
+                pending = validator.validate.remote(epoch, weights, time.time() - t_start)
+                if cfg.training.deterministic:  # the ratio sequence must not depend on timing
+                    ray.get(pending)
+            latest = ray.get(validator.best.remote())
+            stop = latest is not None and latest >= cfg.training.target_dice
+        stop = _agree(stop, device)
+        metrics = {"epoch": epoch, "loss": stats.loss, "steps": stats.steps, "crops": stats.crops,
+                   "positive_fraction": stats.positive_fraction, "ratio": stats.ratio,
+                   "generation": stats.generation, "step_seconds": stats.step_seconds,
+                   "wait_seconds": stats.wait_seconds, "time_s": time.time() - t_start, "rank": rank}
+        if rank == 0:
+            validator.record_train.remote(metrics)
+        _report(metrics, model, optimizer, scaler, rank)
+        if stop:
+            break
+    if pending is not None:
+        ray.get(pending)
