@@ -27,7 +27,6 @@ from cache_service.tasks import prepare_item
 from common.catalog import Catalog, Record
 from common.config import CacheConfig
 from common.errors import SmartCacheError
-from common.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ class ServiceSpec:
     fingerprint: str
     catalog: Catalog
     cache: CacheConfig
-    preprocessor: Preprocessor
+    preprocessor: bytes  # a pickled common.preprocess.Preprocessor: the actor never imports torch/MONAI
     seed: int = 0
     initial_ratio: float = 1.0
 

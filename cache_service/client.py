@@ -7,6 +7,8 @@ Every call goes through :func:`call`, which turns a dead or unreachable actor in
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,7 @@ from cache_service.actor import ServiceSpec, SmartCacheService
 from cache_service.status import CacheStatus
 from common.catalog import Catalog
 from common.config import ExperimentConfig
-from common.errors import CacheUnavailableError, SmartCacheError
-from common.preprocess import build_preprocessor
+from common.errors import CacheUnavailableError, DataError, SmartCacheError
 
 ACTOR_NUM_CPUS = 0.25
 ACTOR_MAX_CONCURRENCY = 16
@@ -64,6 +65,28 @@ def attach(fingerprint: str, namespace: str = "smartcache", timeout_s: float = D
     return handle
 
 
+def _preprocessor_bytes(catalog: Catalog, cfg: ExperimentConfig, fp: str) -> bytes:
+    """Build the preprocessor (CT statistics once, kept under stats_dir) and pickle it.
+
+    A case that cannot be read is left out of the statistics here; the cache quarantines
+    it later with the same error, and the statistics are computed from the good cases.
+    """
+    from common.preprocess import build_preprocessor  # torch + MONAI: only where a cache is created
+
+    stats_dir = Path(cfg.cache.stats_dir or DEFAULT_STATS_DIR).expanduser()
+    good = catalog
+    for _ in range(len(catalog.train)):
+        try:
+            prep = build_preprocessor(good, cfg.preprocessing, cfg.sampler.patch_size, stats_dir, fp)
+            return pickle.dumps(prep)
+        except DataError as err:
+            left = tuple(r for r in good.train if err.path not in (r.image, r.label))
+            if len(left) == len(good.train) or not left:
+                raise
+            good = dataclasses.replace(good, train=left)
+    raise DataError(catalog.root, "no training case could be read for the intensity statistics")
+
+
 def get_or_create_cache(catalog: Catalog, cfg: ExperimentConfig, fingerprint: str, *,
                         actor_num_cpus: float = ACTOR_NUM_CPUS, timeout_s: float = 120.0) -> ActorHandle:
     """Attach to the cache for ``fingerprint`` or start it (detached, named, in ``cfg.cache.namespace``).
@@ -75,8 +98,7 @@ def get_or_create_cache(catalog: Catalog, cfg: ExperimentConfig, fingerprint: st
         return attach(fingerprint, ns, timeout_s=timeout_s)
     except CacheUnavailableError:
         pass
-    stats_dir = Path(cfg.cache.stats_dir or DEFAULT_STATS_DIR).expanduser()
-    prep = build_preprocessor(catalog, cfg.preprocessing, cfg.sampler.patch_size, stats_dir, fingerprint)
+    prep = _preprocessor_bytes(catalog, cfg, fingerprint)
     spec = ServiceSpec(name=name, fingerprint=fingerprint, catalog=catalog, cache=cfg.cache, preprocessor=prep,
                        seed=cfg.training.seed, initial_ratio=cfg.sampler.initial_ratio)
     handle = ray.remote(SmartCacheService).options(

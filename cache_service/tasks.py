@@ -7,20 +7,28 @@ which goes into the object store once and is never loaded by the actor.
 from __future__ import annotations
 
 import logging
+import pickle
 import time
+from typing import TYPE_CHECKING
 
 from cache_service.disk_tier import DiskTier
 from cache_service.pool import PrepMeta
 from common.catalog import Record
-from common.preprocess import Preprocessor
 from common.volume import PreparedVolume
+
+if TYPE_CHECKING:
+    from common.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
 
 
-def prepare_item(preprocessor: Preprocessor, record: Record, disk_dir: str | None,
+def prepare_item(preprocessor: "Preprocessor | bytes", record: Record, disk_dir: str | None,
                  fingerprint: str) -> tuple[PrepMeta, PreparedVolume]:
-    """Disk tier hit, else the deterministic prefix; a DataError propagates (the actor quarantines)."""
+    """Disk tier hit, else the deterministic prefix; a DataError propagates (the actor quarantines).
+
+    The preprocessor may come pickled, so the cache actor that submits this task never
+    has to import torch and MONAI itself; only a miss unpickles it.
+    """
     note = None
     tier = DiskTier(disk_dir, fingerprint) if disk_dir else None
     if tier is not None:
@@ -29,6 +37,8 @@ def prepare_item(preprocessor: Preprocessor, record: Record, disk_dir: str | Non
         if vol is not None:
             log.debug("disk hit %s in %.3fs", record.item_id, time.perf_counter() - start)
             return PrepMeta(record.item_id, vol.nbytes, vol.prep_seconds, True, None), vol
+    if isinstance(preprocessor, bytes):
+        preprocessor = pickle.loads(preprocessor)
     vol = preprocessor(record)
     if tier is not None:
         try:

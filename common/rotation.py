@@ -82,8 +82,12 @@ class RotationPlan:
         return tuple(list(self._waiting)[: self.deficit + self.replace_num])
 
     def fill(self, ready: Collection[str]) -> tuple[str, ...]:
-        """Move ready items from the queue head into free slots; returns the ids added."""
-        added = [i for i in list(self._waiting)[: self.deficit + self.replace_num] if i in ready][: self.deficit]
+        """Move ready items among the first ``deficit`` of the queue into free slots; returns the ids added.
+
+        Only the queue head may fill, so the pool after warm-up does not depend on which
+        preparation finished first.
+        """
+        added = [i for i in list(self._waiting)[: self.deficit] if i in ready]
         for item in added:
             self._waiting.remove(item)
             self._pool.append(item)
