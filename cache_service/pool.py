@@ -57,7 +57,7 @@ class CacheBook:
         self.prep_seconds_spent = self.seconds_saved = 0.0
         self.disk_hits, self.rotations, self.max_item_bytes = 0, 0, 0
         self.disk_rejected: list[str] = []
-        self.budget_message = ""
+        self.budget_message = self.val_budget_message = ""
         self.warm = False
 
     # ---- what to prepare -------------------------------------------------------------------
@@ -103,7 +103,7 @@ class CacheBook:
         """Take a prepared training item if the budget allows; returns whether it is held."""
         self.in_flight.discard(meta.item_id)
         self._count(meta)
-        if meta.item_id not in self.plan.waiting:  # dropped meanwhile
+        if meta.item_id not in self.plan.wanted():  # dropped, or no longer needed after a budget cut
             return False
         self.max_item_bytes = max(self.max_item_bytes, meta.nbytes)
         fills = self.plan.deficit > 0
@@ -150,7 +150,7 @@ class CacheBook:
         self._count(meta)
         if self.held_bytes() + meta.nbytes + self._reserve() > self.byte_budget:
             self.val_refused.add(meta.item_id)
-            self.budget_message = (f"byte budget {self.byte_budget} B: {len(self.val_refused)} validation "
+            self.val_budget_message = (f"byte budget {self.byte_budget} B: {len(self.val_refused)} validation "
                                    f"volume(s) not cached; validation must load them itself")
             return False
         self.val_entries[meta.item_id] = Entry(meta.item_id, ref, meta.nbytes, meta.prep_seconds)
@@ -195,8 +195,8 @@ class CacheBook:
         return dict(
             state="ready" if self.ready else "filling", train_items=self.train_total, cache_num=self.cache_num,
             capacity=self.plan.capacity, items_cached=len(pool), pool=list(pool), bytes_cached=self.held_bytes(),
-            byte_budget=self.byte_budget, budget_limited=bool(self.budget_message),
-            budget_message=self.budget_message, generation=self.plan.generation, rotations=self.rotations,
+            byte_budget=self.byte_budget, budget_limited=bool(self.budget_message or self.val_budget_message),
+            budget_message="; ".join(m for m in (self.budget_message, self.val_budget_message) if m), generation=self.plan.generation, rotations=self.rotations,
             replace_num=self.plan.replace_num, replacements_pending=len(self.in_flight),
             replacements_ready=len(self.entries) - len(pool), val_items_total=len(self.val_ids),
             val_items_cached=len(self.val_entries), use_counts=dict(self.use_counts),

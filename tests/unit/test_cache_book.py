@@ -1,0 +1,100 @@
+"""CacheBook and ExperimentRegistry without Ray: budget, quarantine, rotation refs, counters, ratios."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cache_service.pool import CacheBook, PrepMeta
+from cache_service.registry import ExperimentRegistry
+from common.errors import UnknownItemError
+
+IDS = [f"c{i}" for i in range(8)]
+
+
+def _book(cache_num: int = 3, rate: float = 0.5, budget: int = 10**9, val: tuple[str, ...] = ()) -> CacheBook:
+    return CacheBook(IDS, list(val), cache_num, rate, budget, replace_workers=2, rng=np.random.default_rng(0))
+
+
+def _run(book: CacheBook, nbytes: int = 100, fail: set[str] = frozenset(), rounds: int = 5) -> None:
+    """Play the actor's pump: prepare every job it asks for (refs are just strings here)."""
+    for _ in range(rounds):
+        for item in book.next_train_jobs():
+            book.started(item)
+            if item in fail:
+                book.fail(item, f"/data/{item}.nii.gz: truncated")
+            else:
+                book.accept(PrepMeta(item, nbytes, 1.5), f"ref-{item}")
+        for item in book.next_val_jobs():
+            book.started(item, val=True)
+            book.accept_val(PrepMeta(item, nbytes, 2.0), f"ref-{item}")
+
+
+def test_warm_pool_then_ready_replacements() -> None:
+    book = _book()
+    _run(book)
+    st = book.status_fields()
+    assert st["state"] == "ready" and st["items_cached"] == 3 and st["replacements_ready"] == 2
+    assert st["prep_seconds_spent"] == pytest.approx(5 * 1.5)
+
+
+def test_snapshot_refs_survive_in_caller_after_rotation_and_count_uses() -> None:
+    book = _book()
+    _run(book)
+    gen, ids, refs = book.snapshot()
+    rot = book.rotate()
+    assert len(rot.leaving) == 2 and set(rot.leaving) <= set(ids)
+    assert refs == tuple(f"ref-{i}" for i in ids)  # the caller's tuple is untouched
+    assert all(i not in book.entries for i in rot.leaving)
+    book.snapshot()
+    kept = set(ids) - set(rot.leaving)
+    assert book.use_counts[next(iter(kept))] == 2
+    assert book.seconds_saved == pytest.approx(1.5 * len(kept))
+    assert book.plan.generation == gen + 1
+
+
+def test_rotation_without_ready_replacements_changes_nothing() -> None:
+    book = _book()
+    for item in book.next_train_jobs()[:3]:
+        book.started(item)
+        book.accept(PrepMeta(item, 100, 1.0), item)
+    rot = book.rotate()
+    assert rot.entering == () and rot.leaving == () and book.rotations == 0
+
+
+def test_quarantine_fills_from_good_items() -> None:
+    first = _book().plan.wanted()[0]
+    book = _book()
+    _run(book, fail={first})
+    st = book.status_fields()
+    assert [q.item_id for q in st["quarantined"]] == [first] and "truncated" in st["quarantined"][0].error
+    assert st["items_cached"] == 3 and first not in st["pool"]
+
+
+def test_byte_budget_is_never_exceeded_and_said() -> None:
+    book = _book(cache_num=5, rate=0.2, budget=450, val=("v0",))
+    _run(book, nbytes=100)
+    st = book.status_fields()
+    assert st["bytes_cached"] <= 450 and st["budget_limited"] and "holds 3 of 5" in st["budget_message"]
+    assert st["items_cached"] == 3 and st["state"] == "ready" and st["replacements_ready"] == 1
+    assert st["val_items_cached"] == 0 and "validation" in st["budget_message"]
+    for _ in range(4):
+        book.rotate()
+        _run(book, nbytes=100, rounds=1)
+        assert book.held_bytes() <= 450
+
+
+def test_registry_ratio_history_and_idle_clock() -> None:
+    reg = ExperimentRegistry(default_ratio=1.0)
+    reg.register("a", {"initial_ratio": 0.5}, now=10.0)
+    reg.register("b", None, now=11.0)
+    assert reg.get_ratio("a") == 0.5 and reg.get_ratio("b") == 1.0
+    reg.publish_sampler("a", 2.0, 0.1, 0.3, [0.95, 0.7], 0.82, epoch=3, now=20.0)
+    assert reg.get_ratio("a") == 2.0 and reg.get("a").sampler_history[0].mean_dice == 0.82
+    reg.report_progress("b", 4, {"loss": 0.3}, now=21.0)
+    assert reg.max_epoch() == 4 and reg.statuses()[1].progress == {"loss": 0.3}
+    with pytest.raises(UnknownItemError):
+        reg.get_ratio("zzz")
+    assert reg.unregister("a", now=30.0) and reg.last_detach is None or len(reg) == 1
+    assert reg.unregister("b", now=31.0) and reg.last_detach == 31.0
+    assert not reg.unregister("b", now=32.0)
