@@ -1,0 +1,53 @@
+"""Dependencies of the routes, as ``Annotated`` aliases: the source, the settings, auth, parameters."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException, Path, Query, Request, status
+
+from cache_service.api.settings import ApiSettings
+from cache_service.api.source import StatusSource
+from cache_service.status import CacheStatus
+
+FINGERPRINT_PATTERN = r"^[0-9a-f]{1,64}$"
+MAX_ID_LENGTH = 256
+
+
+def get_source(request: Request) -> StatusSource:
+    return request.app.state.source
+
+
+def get_settings(request: Request) -> ApiSettings:
+    return request.app.state.settings
+
+
+SourceDep = Annotated[StatusSource, Depends(get_source)]
+SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
+
+
+def require_token(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
+    """401 unless ``Authorization: Bearer <token>`` matches (constant-time), when a token is configured."""
+    if not settings.token:
+        return
+    scheme, _, given = (authorization or "").partition(" ")
+    expected = settings.token.encode("utf-8")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8"), expected):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+Authorized = [Depends(require_token)]
+
+FingerprintQuery = Annotated[str | None, Query(
+    pattern=FINGERPRINT_PATTERN, description="only the cache with this fingerprint (lowercase hex); default: all")]
+ExperimentId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, description="experiment id")]
+
+
+def selected_caches(source: SourceDep, fingerprint: FingerprintQuery = None) -> list[CacheStatus]:
+    """All live caches, or the one named by ``?fingerprint=`` (404 if it is not live)."""
+    return [source.cache(fingerprint)] if fingerprint else source.caches()
+
+
+SelectedCaches = Annotated[list[CacheStatus], Depends(selected_caches)]

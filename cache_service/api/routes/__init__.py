@@ -1,0 +1,1 @@
+"""One router per resource; :func:`cache_service.api.app.create_app` mounts them."""
