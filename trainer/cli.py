@@ -7,7 +7,7 @@ import sys
 from typing import Callable, Sequence
 
 from common.errors import SmartCacheError
-from trainer import commands
+from trainer import commands, service_commands
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_make_demo_data(sub)
     commands.register(sub)
+    service_commands.register(sub)
     return parser
 
 

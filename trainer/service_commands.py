@@ -1,0 +1,206 @@
+"""``smartcache serve``, ``status`` and ``stop``: the status API's life cycle and a terminal view of it.
+
+Parsing and wiring only; the API itself lives in :mod:`cache_service.api`. Failures are
+:class:`~cache_service.api.errors.ApiError` (a domain error), which ``smartcache`` prints
+as ``error: ...`` with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+from cache_service.api.errors import ApiError
+from cache_service.api.settings import DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_PORT, TOKEN_ENV, URL_ENV, ApiSettings
+
+HTTP_TIMEOUT_S = 10.0
+
+
+def _connect_ray(address: str | None) -> None:
+    """Attach to a running cluster: the API and the caches are detached actors that outlive this command."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    target = address or os.environ.get("RAY_ADDRESS") or "auto"
+    try:
+        ray.init(address=target, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise ApiError(f"no Ray cluster at '{target}' ({err}); start one with `ray start --head` "
+                       f"or pass --address HOST:PORT") from err
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    return args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
+
+
+# ---- serve ---------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from cache_service.api import server
+
+    settings = ApiSettings(host=args.host, port=args.port, token=_token(args), namespace=args.namespace).check()
+    if args.demo:
+        return _serve_demo(settings)
+    _connect_ray(args.address)
+    if args.foreground:
+        print(f"serving {server.public_url(settings)} (namespace '{settings.namespace}'); Ctrl-C stops it")
+        server.serve_foreground(settings)
+        return 0
+    url = server.start_api(settings.host, settings.port, settings.token, settings.namespace)
+    print(f"status API running at {url} (actor '{server.API_ACTOR}' in namespace '{settings.namespace}')")
+    print(f"dashboard: {url}/   metrics: {url}/metrics   stop it with: smartcache stop")
+    return 0
+
+
+def _serve_demo(settings: ApiSettings) -> int:
+    """Example data, no Ray: for looking at the dashboard before any cache runs."""
+    import uvicorn
+
+    from cache_service.api import create_app
+    from cache_service.api.samples import cache_status
+    from cache_service.api.source import InMemorySource
+
+    print(f"serving example data at http://{settings.host}:{settings.port}/ ; Ctrl-C stops it")
+    uvicorn.run(create_app(InMemorySource([cache_status()]), settings), host=settings.host, port=settings.port,
+                log_level="warning")
+    return 0
+
+
+# ---- status --------------------------------------------------------------------------------
+def _get(url: str, token: str | None) -> Any:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        r = httpx.get(url, headers=headers, timeout=HTTP_TIMEOUT_S)
+    except httpx.HTTPError as err:
+        raise ApiError(f"cannot reach the status API at {url} ({type(err).__name__}: {err}); "
+                       f"is `smartcache serve` running? (--url or {URL_ENV} to point elsewhere)") from err
+    if r.status_code == 401:
+        raise ApiError(f"{url}: 401 unauthorized; pass --token or set {TOKEN_ENV}")
+    if r.status_code != 200:
+        raise ApiError(f"{url}: HTTP {r.status_code}: {r.text[:300]}")
+    return r.json()
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _cache_lines(c: dict[str, Any]) -> list[str]:
+    lines = [f"cache {c['fingerprint']}  {c['state']}  pool {c['items_cached']}/{c['capacity']} of "
+             f"{c['train_items']} items  {_mib(c['bytes_cached'])} / {_mib(c['byte_budget'])}  "
+             f"generation {c['generation']}  rotations {c['rotations']}  replacements "
+             f"{c['replacements_pending']} pending, {c['replacements_ready']} ready  "
+             f"validation {c['val_items_cached']}/{c['val_items_total']}  quarantined {len(c['quarantined'])}"]
+    uses = c.get("use_counts", {})
+    lines.append("  pool, oldest first (uses): " + " ".join(f"{i}({uses.get(i, 0)})" for i in c["pool"]))
+    if c.get("budget_message"):
+        lines.append(f"  budget: {c['budget_message']}")
+    lines += [f"  quarantined {q['item_id']}: {q['error']}" for q in c["quarantined"]]
+    return lines
+
+
+def _experiment_lines(experiments: list[dict[str, Any]]) -> list[str]:
+    if not experiments:
+        return ["  no experiment attached"]
+    rows = [("EXPERIMENT", "EPOCH", "RATIO", "POS%", "DICE", "r_FP", "r_FN")]
+    for e in experiments:
+        last = e["sampler_history"][-1] if e["sampler_history"] else None
+        fmt = (lambda k: f"{last[k]:.3f}") if last else (lambda k: "-")
+        rows.append((e["experiment_id"], str(e["epoch"]), f"{e['ratio']:.3f}",
+                     f"{100 * e['ratio'] / (1 + e['ratio']):.0f}%", fmt("mean_dice"), fmt("r_fp"), fmt("r_fn")))
+    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
+    return ["  " + "  ".join(v.ljust(w) if k == 0 else v.rjust(w) for k, (v, w) in enumerate(zip(r, widths)))
+            for r in rows]
+
+
+def format_status(caches: list[dict[str, Any]]) -> str:
+    """The /cache answer as a readable table (one block per cache)."""
+    if not caches:
+        return "no cache is running in this namespace"
+    blocks = ["\n".join(_cache_lines(c) + _experiment_lines(c["experiments"])) for c in caches]
+    return "\n\n".join(blocks)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    caches = _get(args.url.rstrip("/") + "/cache", _token(args))
+    print(json.dumps(caches, indent=2) if args.json else format_status(caches))
+    return 0
+
+
+# ---- stop ----------------------------------------------------------------------------------
+def cmd_stop(args: argparse.Namespace) -> int:
+    import ray
+
+    from cache_service.api.ray_source import cache_actor_names
+    from cache_service.api.server import API_ACTOR, stop_api
+    from cache_service.client import stop_cache
+
+    _connect_ray(args.address)
+    stopped = [API_ACTOR] if stop_api(args.namespace) else []
+    for name in cache_actor_names(args.namespace):
+        try:
+            stop_cache(ray.get_actor(name, namespace=args.namespace))
+            stopped.append(name)
+        except ValueError:  # exited on its own meanwhile
+            pass
+    print(f"stopped {', '.join(stopped)}" if stopped else f"nothing running in namespace '{args.namespace}'")
+    return 0
+
+
+# ---- parsers -------------------------------------------------------------------------------
+def _namespace_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--namespace", default=DEFAULT_NAMESPACE,
+                   help=f"Ray namespace of the caches (cache.namespace in the config; default {DEFAULT_NAMESPACE})")
+
+
+def _token_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--token", default=None, help=f"bearer token (default: ${TOKEN_ENV})")
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="start the REST status API and dashboard",
+                       description="Start the status API (JSON, Prometheus /metrics, HTML dashboard at /) as the "
+                                   "detached Ray actor 'smartcache-api' on this node, or in this process with "
+                                   "--foreground. It binds 127.0.0.1 unless --host says otherwise; any other "
+                                   f"address needs a token (--token or ${TOKEN_ENV}), which every endpoint but "
+                                   "/healthz then requires as 'Authorization: Bearer <token>'.")
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    _token_arg(p)
+    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or auto)")
+    _namespace_arg(p)
+    p.add_argument("--foreground", action="store_true", help="serve in this process until Ctrl-C")
+    p.add_argument("--demo", action="store_true", help="serve example data without Ray (preview the dashboard)")
+    p.set_defaults(handler=cmd_serve)
+
+
+def _add_status(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="show the caches and experiments (from the status API)",
+                       description="Fetch GET /cache from the status API and print each cache (pool, bytes, "
+                                   "rotations, replacements, quarantine) and its experiments (epoch, ratio, "
+                                   "last Dice, r_FP, r_FN) as a table, or as JSON with --json.")
+    p.add_argument("--url", default=os.environ.get(URL_ENV, f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"),
+                   help=f"status API URL (default ${URL_ENV} or http://{DEFAULT_HOST}:{DEFAULT_PORT})")
+    _token_arg(p)
+    p.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    p.set_defaults(handler=cmd_status)
+
+
+def _add_stop(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("stop", help="stop the status API and every cache in the namespace",
+                       description="Stop the 'smartcache-api' actor and every cache actor (smartcache-<fingerprint>) "
+                                   "in the namespace; the object-store copies they own are freed.")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or auto)")
+    _namespace_arg(p)
+    p.set_defaults(handler=cmd_stop)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``serve``, ``status`` and ``stop`` to the ``smartcache`` parser."""
+    _add_serve(sub)
+    _add_status(sub)
+    _add_stop(sub)
