@@ -55,18 +55,18 @@ function stat(label, value) {
 }
 
 function poolChart(items) {
-  const w = 26, h = 34, gap = 6, perRow = 24;
+  const w = 70, h = 30, gap = 8, perRow = 15, rowH = h + 18 + gap;
   const rows = Math.max(1, Math.ceil(items.length / perRow));
-  const width = Math.min(items.length, perRow) * (w + gap) + 4;
-  const root = svg("svg", {class: "pool", width: Math.max(width, 120), height: rows * (h + gap + 14) + 4});
+  const width = Math.min(Math.max(items.length, 1), perRow) * (w + gap) + 4;
+  const root = svg("svg", {class: "pool", width, height: rows * rowH + 4});
   items.forEach((it, k) => {
-    const x = 2 + (k % perRow) * (w + gap), y = 2 + Math.floor(k / perRow) * (h + gap + 14);
+    const x = 2 + (k % perRow) * (w + gap), y = 2 + Math.floor(k / perRow) * rowH;
     const g = svg("g", {class: "item", "data-item": it.item_id, "data-state": it.state});
-    g.append(svg("title", {}, `${it.item_id}: ${it.state}, used ${it.use_count}x` + (it.error ? ` - ${it.error}` : "")));
-    g.append(svg("rect", {x, y, width: w, height: h, rx: 3, fill: COLORS[it.state] || "#999"}));
-    g.append(svg("text", {x: x + w / 2, y: y + h / 2 + 4, "text-anchor": "middle", fill: "#fff"}, String(it.use_count)));
-    const short = it.item_id.length > 5 ? it.item_id.slice(-5) : it.item_id;
-    g.append(svg("text", {x: x + w / 2, y: y + h + 12, "text-anchor": "middle", fill: "#445"}, short));
+    g.append(svg("title", {}, `${it.item_id}: ${it.state.replace("_", " ")}, handed out ${it.use_count}x` + (it.error ? ` - ${it.error}` : "")));
+    g.append(svg("rect", {x, y, width: w, height: h, rx: 4, fill: COLORS[it.state] || "#999"}));
+    const label = it.item_id.length > 10 ? "…" + it.item_id.slice(-9) : it.item_id;
+    g.append(svg("text", {x: x + w / 2, y: y + h / 2 + 4, "text-anchor": "middle", fill: "#fff"}, label));
+    g.append(svg("text", {x: x + w / 2, y: y + h + 13, "text-anchor": "middle", fill: "#445"}, `used ${it.use_count}×`));
     root.append(g);
   });
   return root;
@@ -85,6 +85,8 @@ function lineChart(title, cls, points, yMin, yMax, color) {
     root.append(svg("text", {x: L - 4, y: Y(v) + 4, "text-anchor": "end", fill: "#667"}, v.toFixed(2)));
   }
   root.append(svg("text", {x: (L + W) / 2, y: H - 6, "text-anchor": "middle", fill: "#667"}, "epoch"));
+  root.append(svg("text", {x: L, y: H - 6, "text-anchor": "start", fill: "#667"}, String(x0)));
+  root.append(svg("text", {x: W - R, y: H - 6, "text-anchor": "end", fill: "#667"}, String(x1)));
   if (points.length) {
     const d = points.map((p, i) => (i ? "L" : "M") + X(p[0]).toFixed(1) + "," + Y(p[1]).toFixed(1)).join(" ");
     root.append(svg("path", {class: "line", d, fill: "none", stroke: color, "stroke-width": 2}));
@@ -103,7 +105,7 @@ function experimentCard(e) {
   box.append(el("div", {class: "muted"}, `epoch ${e.epoch} · ratio ${e.ratio.toFixed(3)} (pos ${(100 * e.ratio / (1 + e.ratio)).toFixed(0)}%)` +
     (last ? ` · Dice ${last.mean_dice.toFixed(3)} · r_FP ${last.r_fp.toFixed(3)} · r_FN ${last.r_fn.toFixed(3)}` : "")));
   const ratios = hist.map(r => [r.epoch, r.ratio]);
-  const rmax = Math.max(1.5, ...ratios.map(p => p[1])) * 1.1;
+  const rmax = Math.ceil(Math.max(1.5, ...ratios.map(p => p[1])) * 2.2) / 2;
   box.append(lineChart("pos/neg ratio", "ratio-chart", ratios, 0, rmax, "#2f6fdb"));
   box.append(lineChart("mean Dice", "dice-chart", hist.map(r => [r.epoch, r.mean_dice]), 0, 1, "#2a9d55"));
   return box;

@@ -1,0 +1,80 @@
+"""The dashboard in a real headless browser: the script runs, draws the pool and the ratio chart.
+
+Serves the in-memory example source on a free loopback port with uvicorn, then lets
+chromium render it (DOM after scripts, and a screenshot kept in test-artifacts/).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import uvicorn
+
+from cache_service.api import ApiSettings, create_app
+from cache_service.api.samples import cache_status
+from cache_service.api.source import InMemorySource
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--virtual-time-budget=5000", "--window-size=1280,900"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def dashboard_url() -> Iterator[str]:
+    port = _free_port()
+    app = create_app(InMemorySource([cache_status()]), ApiSettings(port=port))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}/"
+    server.should_exit = True
+    thread.join(timeout=5)
+
+
+def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    if CHROMIUM is None:
+        pytest.skip("chromium is not on PATH (apt-get install chromium); the dashboard is not rendered")
+    cmd = [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+
+
+def test_rendered_dom_has_pool_items_and_ratio_chart(dashboard_url: str, tmp_path: Path) -> None:
+    out = _chromium(tmp_path, "--dump-dom", dashboard_url)
+    dom = out.stdout
+    assert 'data-fingerprint="0123456789abcdef"' in dom, out.stderr[-2000:]
+    for item in cache_status().pool:
+        assert f'data-item="{item}"' in dom
+    assert 'data-state="leaving"' in dom and 'data-state="quarantined"' in dom
+    assert 'data-experiment="spleen-a1b2c3"' in dom
+    chart = dom[dom.index('class="chart ratio-chart"'):]
+    assert '<path class="line" d="M' in chart  # the script drew the ratio history
+    assert 'id="error" style="display: none;"' in dom  # both fetches answered
+
+
+def test_screenshot(dashboard_url: str, tmp_path: Path) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "dashboard.png"
+    shot.unlink(missing_ok=True)
+    out = _chromium(tmp_path, f"--screenshot={shot}", dashboard_url)
+    assert shot.is_file() and shot.stat().st_size > 10_000, out.stderr[-2000:]
