@@ -68,6 +68,7 @@ class SmartCacheService:
         self._pending: dict[ray.ObjectRef, tuple[str, bool, ray.ObjectRef]] = {}  # meta ref -> (id, val, vol ref)
         self._prep_ref = ray.put(spec.preprocessor)
         self._task = ray.remote(prepare_item).options(num_returns=2, num_cpus=self.cfg.task_num_cpus)
+        self._epoch_snapshots: dict[tuple[str, int | None], Snapshot] = {}
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="smartcache-pump", daemon=True)
         self._thread.start()
@@ -134,12 +135,26 @@ class SmartCacheService:
                                experiments=self.registry.statuses(), uptime_s=time.time() - self._created,
                                idle_s=self._idle_for(), **self.book.status_fields())
 
-    def snapshot(self, experiment_id: str) -> Snapshot:
-        """The pool now, for an epoch; the refs stay valid for as long as the caller holds them."""
+    def snapshot(self, experiment_id: str, epoch: int | None = None) -> Snapshot:
+        """The pool now, for an epoch; the refs stay valid for as long as the caller holds them.
+
+        With ``epoch`` given, every caller asking for the same (experiment, epoch) gets the
+        same snapshot and ratio, so the DDP ranks of one experiment agree on what an epoch
+        holds even if a rotation or a new ratio lands between their calls.
+        """
         with self._lock:
+            key = (experiment_id, epoch)
+            if epoch is not None and key in self._epoch_snapshots:
+                return self._epoch_snapshots[key]
             ratio = self.registry.get_ratio(experiment_id)
             generation, ids, refs = self.book.snapshot()
-        return Snapshot(generation, ids, refs, ratio)
+            snap = Snapshot(generation, ids, refs, ratio)
+            if epoch is not None:
+                stale = [k for k in self._epoch_snapshots if k[0] == experiment_id and k[1] < epoch - 1]
+                for k in stale:  # keep only the current and the previous epoch's snapshot alive
+                    del self._epoch_snapshots[k]
+                self._epoch_snapshots[key] = snap
+        return snap
 
     def val_snapshot(self) -> Snapshot:
         with self._lock:
@@ -158,6 +173,8 @@ class SmartCacheService:
 
     def unregister(self, experiment_id: str) -> bool:
         with self._lock:
+            for key in [k for k in self._epoch_snapshots if k[0] == experiment_id]:
+                del self._epoch_snapshots[key]
             return self.registry.unregister(experiment_id, time.time())
 
     def report_progress(self, experiment_id: str, epoch: int, metrics: dict[str, float] | None = None,

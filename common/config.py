@@ -189,6 +189,7 @@ class TrainingConfig:
     num_res_units: int = 2
     worker_num_cpus: float = 1.0
     steps_per_epoch: int | None = None  # None: one pass over the worker's shard
+    checkpoint_every: int = 10  # epochs between Ray Train checkpoints (and at the last epoch)
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "training.batch_size", self.batch_size, "an integer >= 1")
@@ -201,6 +202,7 @@ class TrainingConfig:
         _check(len(self.strides) == len(self.channels) - 1, "training.strides", self.strides,
                f"one stride fewer than channels ({len(self.channels)} channels)")
         _check(self.worker_num_cpus > 0, "training.worker_num_cpus", self.worker_num_cpus, "a CPU share > 0")
+        _check(self.checkpoint_every >= 1, "training.checkpoint_every", self.checkpoint_every, "an integer >= 1")
         if self.steps_per_epoch is not None:
             _check(self.steps_per_epoch >= 1, "training.steps_per_epoch", self.steps_per_epoch, "an integer >= 1")
 

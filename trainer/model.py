@@ -25,8 +25,13 @@ def build_model(cfg: TrainingConfig, in_channels: int, num_classes: int) -> torc
 
 
 def build_loss() -> torch.nn.Module:
-    """Soft Dice with the squared denominator of the paper's Eq. 1, on softmax outputs."""
-    return DiceLoss(to_onehot_y=True, softmax=True, squared_pred=True, include_background=False)
+    """Soft Dice with the squared denominator of the paper's Eq. 1, on softmax outputs.
+
+    Sums run over the whole batch (``batch=True``): a crop without any lesion then does not
+    score a near-1 loss on its own, and background is kept in so that false positives far
+    from any organ are paid for directly rather than only through the softmax.
+    """
+    return DiceLoss(to_onehot_y=True, softmax=True, squared_pred=True, include_background=True, batch=True)
 
 
 def build_optimizer(cfg: TrainingConfig, params: Iterator[torch.nn.Parameter]) -> torch.optim.Optimizer:

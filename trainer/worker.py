@@ -84,7 +84,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     experiment_id, t_start = config["experiment_id"], config["t_start"]
     pending = None
     for epoch in range(start_epoch, cfg.training.epochs):
-        snap = call(cache, "snapshot", experiment_id)
+        snap = call(cache, "snapshot", experiment_id, epoch=epoch)
         rng = np.random.default_rng([cfg.training.seed, epoch, rank])
         with CropBatchStream(snap.refs, ray.get, snap.ratio, cfg.sampler, cfg.augmentation,
                              cfg.training.batch_size, seed=cfg.training.seed, rng=rng, rank=rank, world_size=world, epoch=epoch,
@@ -111,7 +111,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                    "wait_seconds": stats.wait_seconds, "time_s": time.time() - t_start, "rank": rank}
         if rank == 0:
             validator.record_train.remote(metrics)
-        _report(metrics, model, optimizer, scaler, rank)
+        last = stop or epoch == cfg.training.epochs - 1
+        if last or (epoch + 1) % cfg.training.checkpoint_every == 0:
+            _report(metrics, model, optimizer, scaler, rank)  # a collective: every rank takes this branch
         if stop:
             break
     if pending is not None:
