@@ -1,0 +1,546 @@
+"""Crop throughput and memory of the SmartCache data path vs MONAI, measured side by side in one run.
+
+Usage (from the repository root, after ``make venv``):
+
+  .venv/bin/python benchmarks/datapath.py                       # BrainDev x16 + 16 demo phantoms
+  .venv/bin/python benchmarks/datapath.py --quick               # short run, under 2 minutes
+  .venv/bin/python benchmarks/datapath.py --markdown docs/benchmarks.md   # also write the tables there
+
+Every row uses the same files, the same deterministic chain (``common.preprocess.build_preprocessor``,
+also used as the prefix of the MONAI transforms), the same 96^3 positive/negative crops at ratio 1
+(one crop per volume draw; MONAI: ``RandCropByPosNegLabeld(pos=1, neg=1, num_samples=1)``), batch 2,
+and augmentation off on both sides. Rows:
+
+* ceiling: a bare numpy copy of two random 96^3 image+label crops from in-memory arrays (driver).
+* SmartCache: the cache actor holds the volumes once in the object store; K consumer processes
+  (Ray actors attached to the same cluster) each iterate a ``CropBatchStream`` over the same epoch
+  snapshot for ``--duration`` seconds. crops/s is the sum over consumers.
+* MONAI ``CacheDataset`` + ``DataLoader`` (num_workers 0 in a consumer process, 1 in the driver),
+  ``SmartCacheDataset`` + ``DataLoader`` (cache half the cases, replace 20 % per epoch), and plain
+  ``Dataset`` + ``DataLoader(num_workers=1)`` (load and preprocess every time).
+
+Timing of a row starts at its first batch (start-up and cache builds are reported apart).
+
+Memory: the summed PSS (``psutil``) of the driver and every process of this script's own Ray cluster
+(raylet, GCS, cache actor, task workers, consumers) is taken once the K consumers are started and
+idle, and again after they have streamed; shared memory is split across the processes mapping it,
+so the sum counts it once. "data memory" = that increase + the object store bytes (the one copy the
+cache holds; for MONAI rows the store holds the same cache, which is not charged to MONAI). Each MONAI
+consumer process builds its own CacheDataset, so its increase is its private copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+MiB = 2 ** 20
+DEFAULT_BRAIN = "/work/devdata/BrainDev"
+MARK_BEGIN = "<!-- datapath-benchmark:begin -->"
+MARK_END = "<!-- datapath-benchmark:end -->"
+
+
+# ---------------------------------------------------------------- datasets -----------------------------------
+def replicate_dataset(src: Path, min_cases: int, out_root: Path) -> Path:
+    """An MSD folder with the source's training cases copied until it holds ``min_cases`` (distinct ids)."""
+    meta = json.loads((src / "dataset.json").read_text())
+    entries = meta["training"]
+    if len(entries) >= min_cases:
+        return src
+    dst = out_root / f"{src.name}x{min_cases}"
+    (dst / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (dst / "labelsTr").mkdir(parents=True, exist_ok=True)
+    training = []
+    for i in range(min_cases):
+        e = entries[i % len(entries)]
+        name = Path(e["image"]).name.removesuffix(".nii.gz").removesuffix(".nii")
+        new = f"{name}_r{i:02d}.nii.gz"
+        for key, sub in (("image", "imagesTr"), ("label", "labelsTr")):
+            target = dst / sub / new
+            if not target.exists():
+                try:
+                    os.link((src / e[key]).resolve(), target)  # hard link: a distinct path, no copy
+                except OSError:
+                    shutil.copyfile((src / e[key]).resolve(), target)
+        training.append({"image": f"./imagesTr/{new}", "label": f"./labelsTr/{new}"})
+    meta.update(training=training, numTraining=len(training), name=f"{meta.get('name', src.name)}x{min_cases}")
+    (dst / "dataset.json").write_text(json.dumps(meta, indent=1))
+    return dst
+
+
+# ---------------------------------------------------------------- measuring ----------------------------------
+def drain(batches: Iterable[dict], seconds: float) -> dict[str, float]:
+    """Count crops from an iterable of batches for ``seconds`` after its first batch."""
+    t_start = time.perf_counter()
+    it = iter(batches)
+    first = next(it)
+    t0 = time.perf_counter()
+    crops, n_batches = 0, 0
+    for batch in it:
+        crops += int(batch["image"].shape[0])
+        n_batches += 1
+        if time.perf_counter() - t0 >= seconds:
+            break
+    dt = time.perf_counter() - t0
+    return {"crops": crops, "seconds": dt, "crops_per_s": crops / dt if dt > 0 else 0.0,
+            "first_batch_s": t0 - t_start, "batches": n_batches, "shape": tuple(first["image"].shape)}
+
+
+def cycle_loader(make_epoch: Callable[[int], Iterable[dict]]) -> Iterable[dict]:
+    epoch = 0
+    while True:
+        yield from make_epoch(epoch)
+        epoch += 1
+
+
+def monai_transform(prep: Any, patch: int, samples: int) -> Any:
+    from monai.transforms import Compose, RandCropByPosNegLabeld
+
+    crop = RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=(patch,) * 3,
+                                  pos=1, neg=1, num_samples=samples)
+    t = Compose([*prep.chain.transforms, crop])
+    t.set_random_state(seed=0)
+    return t
+
+
+def build_monai_dataset(kind: str, data: list[dict], prep: Any, patch: int, samples: int,
+                        smart_cache_num: int) -> tuple[Any, float]:
+    from monai.data import CacheDataset, Dataset, SmartCacheDataset
+
+    transform = monai_transform(prep, patch, samples)
+    t0 = time.perf_counter()
+    if kind == "cache":
+        ds = CacheDataset(data, transform, cache_rate=1.0, num_workers=1, progress=False)
+    elif kind == "smart":
+        ds = SmartCacheDataset(data, transform, cache_num=smart_cache_num, replace_rate=0.2, num_init_workers=1,
+                               num_replace_workers=1, progress=False, shuffle=False)
+    elif kind == "plain":
+        ds = Dataset(data, transform)
+    else:
+        raise ValueError(kind)
+    return ds, time.perf_counter() - t0
+
+
+def run_monai(ds: Any, kind: str, batch: int, num_workers: int, seconds: float) -> dict[str, float]:
+    from monai.data import DataLoader
+
+    loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=num_workers)
+
+    def epoch(_: int) -> Iterable[dict]:
+        yield from loader
+        if kind == "smart":
+            ds.update_cache()
+
+    if kind == "smart":
+        ds.start()
+    try:
+        return drain(cycle_loader(epoch), seconds)
+    finally:
+        if kind == "smart":
+            ds.shutdown()
+
+
+def tree_pss() -> tuple[int, int]:
+    """(summed PSS, number of processes) of this process and all its descendants (our own Ray cluster)."""
+    import psutil
+
+    me = psutil.Process()
+    total, n = 0, 0
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            total += p.memory_full_info().pss
+            n += 1
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    return total, n
+
+
+def object_store_used() -> int:
+    """Plasma bytes in use on this cluster, as ``ray memory --stats-only`` reports them."""
+    import ray
+    from ray._private.internal_api import memory_summary
+
+    text = memory_summary(ray.get_runtime_context().gcs_address, stats_only=True)
+    m = re.search(r"Plasma memory usage (\d+(?:\.\d+)?) (MiB|GiB|KiB|B)", text)
+    if not m:
+        return -1
+    return int(float(m.group(1)) * {"B": 1, "KiB": 2 ** 10, "MiB": MiB, "GiB": 2 ** 30}[m.group(2)])
+
+
+class Consumer:
+    """One consumer process (a Ray actor): the service's CropBatchStream or its own MONAI dataset."""
+
+    def __init__(self) -> None:
+        import monai.data  # noqa: F401 -- imports paid before the memory baseline
+        import torch  # noqa: F401
+
+        import trainer.datapath  # noqa: F401
+        self.keep: Any = None
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def service(self, fp: str, namespace: str, experiment: str, sampler: Any, augment: Any, batch: int,
+                seconds: float, seed: int) -> dict[str, float]:
+        import ray
+
+        from cache_service.client import attach, call
+        from trainer.datapath import CropBatchStream
+
+        handle = attach(fp, namespace)
+        call(handle, "register", experiment)
+        snap = call(handle, "snapshot", experiment, 0)
+        stream = CropBatchStream(snap.refs, ray.get, snap.ratio, sampler, augment, batch, seed=seed,
+                                 steps=10 ** 9)
+        try:
+            out = drain(stream, seconds)
+            out["wait_s"] = stream.wait_seconds
+        finally:
+            stream.close()
+        self.keep = (snap, [ray.get(r) for r in snap.refs])  # hold the volumes, as a trainer would
+        return out
+
+    def monai(self, kind: str, data: list[dict], prep: Any, patch: int, samples: int, batch: int,
+              num_workers: int, seconds: float, smart_cache_num: int) -> dict[str, float]:
+        ds, build_s = build_monai_dataset(kind, data, prep, patch, samples, smart_cache_num)
+        out = run_monai(ds, kind, batch, num_workers, seconds)
+        out["build_s"] = build_s
+        self.keep = ds
+        return out
+
+
+def ceiling(volumes: list[Any], patch: int, batch: int, seconds: float, seed: int = 0) -> dict[str, float]:
+    """Bare numpy: copy ``batch`` random in-bounds image+label crops into fresh arrays, nothing else."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+
+    def batches() -> Iterable[dict]:
+        while True:
+            v0 = volumes[0]
+            images = np.empty((batch, v0.image.shape[0], patch, patch, patch), np.float32)
+            labels = np.empty((batch, v0.label.shape[0], patch, patch, patch), np.uint8)
+            for i in range(batch):
+                v = volumes[int(rng.integers(len(volumes)))]
+                s = [int(rng.integers(0, n - patch + 1)) for n in v.image.shape[1:]]
+                sl = (slice(None), *(slice(a, a + patch) for a in s))
+                np.copyto(images[i], v.image[sl])
+                np.copyto(labels[i], v.label[sl])
+            yield {"image": images, "label": labels}
+
+    return drain(batches(), seconds)
+
+
+# ---------------------------------------------------------------- one dataset -------------------------------
+@dataclasses.dataclass
+class Row:
+    dataset: str
+    system: str
+    consumers: int
+    crops_per_s: list[float]
+    note: str = ""
+    mem_bytes: int | None = None  # data memory (see module docstring)
+    store_bytes: int | None = None
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.crops_per_s) if self.crops_per_s else float("nan")
+
+
+def bench_dataset(root: Path, args: argparse.Namespace, stats_dir: Path, bar: Any) -> tuple[list[Row], dict]:
+    import ray
+
+    from cache_service.client import get_or_create_cache, stop_cache, wait_until_ready, call
+    from common.catalog import fingerprint, load_catalog
+    from common.config import config_from_dict
+    from common.preprocess import build_preprocessor
+
+    p = args.patch_size
+    cfg = config_from_dict({
+        "data": {"val_fraction": 0.0},
+        "sampler": {"patch_size": [p, p, p], "samples_per_volume": args.samples_per_volume},
+        "augmentation": {"flip_prob": 0.0, "shift_prob": 0.0},
+        "cache": {"cache_rate": 1.0, "byte_budget": "16GiB", "stats_dir": str(stats_dir), "idle_timeout_s": 3600,
+                  "namespace": f"bench-{uuid.uuid4().hex[:8]}"},
+        "training": {"batch_size": args.batch_size},
+    })
+    catalog = load_catalog(root, cfg.data)
+    name = catalog.name
+    fp = fingerprint(catalog, cfg.preprocessing)
+    prep = build_preprocessor(catalog, cfg.preprocessing, cfg.sampler.patch_size, stats_dir, fp)
+    data = [{"image": r.image, "label": r.label} for r in catalog.train]
+    smart_num = max(2, len(data) // 2)
+    rows: list[Row] = []
+    info: dict[str, Any] = {"cases": len(data)}
+    remote = ray.remote(num_cpus=0)(Consumer)
+
+    def step(what: str) -> None:
+        bar.set_postfix_str(f"{name}: {what}")
+
+    def consumers(k: int) -> tuple[list[Any], int]:
+        actors = [remote.remote() for _ in range(k)]
+        ray.get([a.pid.remote() for a in actors])
+        time.sleep(1.0)
+        return actors, tree_pss()[0]
+
+    def release(actors: list[Any]) -> None:
+        for a in actors:
+            ray.kill(a)
+        time.sleep(1.0)
+
+    step("building the cache")
+    t0 = time.perf_counter()
+    handle = get_or_create_cache(catalog, cfg, fp, actor_num_cpus=0.25)
+    try:
+        status = wait_until_ready(handle, timeout_s=1800, progress=False)
+        info["cache_build_s"] = time.perf_counter() - t0
+        info["cache_bytes"] = status.bytes_cached
+        info["store_bytes"] = store = object_store_used()
+        call(handle, "register", "bench-driver")
+        snap = call(handle, "snapshot", "bench-driver")
+        volumes = ray.get(list(snap.refs))
+        info["shapes"] = sorted({tuple(v.image.shape[1:]) for v in volumes})
+        bar.update(1)
+
+        step("numpy ceiling")
+        rows.append(Row(name, "numpy crop copy (ceiling)", 1,
+                        [ceiling(volumes, p, args.batch_size, args.duration, s)["crops_per_s"]
+                         for s in range(args.repeats)], "driver, in-memory arrays"))
+        bar.update(1)
+        del volumes
+
+        for k in args.consumers:
+            step(f"SmartCache x{k}")
+            rates, mems = [], []
+            for rep in range(args.repeats):
+                actors, base = consumers(k)
+                outs = ray.get([a.service.remote(fp, cfg.cache.namespace, f"bench-{k}-{rep}-{i}", cfg.sampler,
+                                                 cfg.augmentation, args.batch_size, args.duration, 1000 * rep + i)
+                                for i, a in enumerate(actors)])
+                after = tree_pss()[0]
+                rates.append(sum(o["crops_per_s"] for o in outs))
+                mems.append(after - base)
+                release(actors)
+            rows.append(Row(name, "SmartCache actor + CropBatchStream", k, rates,
+                            "shared cache, one stream per process" + (", crops/s summed" if k > 1 else ""),
+                            store + int(statistics.median(mems)), store))
+            bar.update(1)
+
+        for k in args.monai_consumers:
+            step(f"MONAI CacheDataset x{k}")
+            rates, mems, builds = [], [], []
+            for rep in range(args.repeats if k == 1 else 1):
+                actors, base = consumers(k)
+                outs = ray.get([a.monai.remote("cache", data, prep, p, args.samples_per_volume, args.batch_size, 0,
+                                               args.duration, smart_num) for a in actors])
+                after = tree_pss()[0]
+                rates.append(sum(o["crops_per_s"] for o in outs))
+                builds.append(max(o["build_s"] for o in outs))
+                mems.append(after - base)
+                release(actors)
+            rows.append(Row(name, "MONAI CacheDataset + DataLoader(nw=0)", k, rates,
+                            f"own cache per process, built in {statistics.median(builds):.0f} s"
+                            + (", crops/s summed" if k > 1 else ""),
+                            int(statistics.median(mems)), None))
+            bar.update(1)
+
+        for kind, nw, label in (("cache", 1, "MONAI CacheDataset + DataLoader(nw=1)"),
+                                ("smart", 0, "MONAI SmartCacheDataset + DataLoader(nw=0)"),
+                                ("plain", 1, "MONAI Dataset + DataLoader(nw=1)")):
+            if kind == "plain" and args.skip_plain:
+                continue
+            step(label)
+            rates, builds = [], []
+            for _ in range(args.repeats):
+                ds, build_s = build_monai_dataset(kind, data, prep, p, args.samples_per_volume, smart_num)
+                rates.append(run_monai(ds, kind, args.batch_size, nw, args.duration)["crops_per_s"])
+                builds.append(build_s)
+                del ds
+            note = {"cache": f"driver, cache built in {statistics.median(builds):.0f} s",
+                    "smart": f"driver, {smart_num} of {len(data)} cached, 20 % replaced per epoch",
+                    "plain": "driver, loads and preprocesses every crop"}[kind]
+            rows.append(Row(name, label, 1, rates, note))
+            bar.update(1)
+    finally:
+        stop_cache(handle)
+    return rows, info
+
+
+# ---------------------------------------------------------------- report ------------------------------------
+def machine() -> str:
+    import psutil
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import monai
+    import ray
+    import torch
+    return (f"{os.cpu_count()} CPU cores ({cpu}), {psutil.virtual_memory().total / 2 ** 30:.0f} GiB RAM, "
+            f"no GPU; Python {platform.python_version()}, Ray {ray.__version__}, MONAI {monai.__version__}, "
+            f"torch {torch.__version__}")
+
+
+def fmt_rate(row: Row) -> str:
+    r = row.crops_per_s
+    if len(r) > 1:
+        return f"{row.median:.1f} ({min(r):.1f}-{max(r):.1f})"
+    return f"{row.median:.1f}"
+
+
+def render(rows: list[Row], infos: dict[str, dict], args: argparse.Namespace, elapsed: float) -> str:
+    out: list[str] = []
+    out.append(f"Machine: {machine()}  ")
+    out.append(f"Command: `{' '.join(['python', 'benchmarks/datapath.py', *sys.argv[1:]])}` "
+               f"(total {elapsed / 60:.1f} min; {args.duration:g} s per row, {args.repeats} repeat(s), "
+               f"patch {args.patch_size}^3, batch {args.batch_size}, ratio 1, augmentation off)")
+    out.append("")
+    for name, info in infos.items():
+        dsrows = [r for r in rows if r.dataset == name]
+        shapes = ", ".join("x".join(map(str, s)) for s in info["shapes"])
+        out.append(f"### {name}: {info['cases']} cases, volumes {shapes} after the chain, "
+                   f"cache {info['cache_bytes'] / MiB:.0f} MiB (built in {info['cache_build_s']:.0f} s)")
+        out.append("")
+        ceil = next((r.median for r in dsrows if r.system.startswith("numpy")), float("nan"))
+        monai_cd = max((r.median for r in dsrows if r.system.startswith("MONAI CacheDataset") and r.consumers == 1),
+                       default=float("nan"))
+        out.append("| system | consumers | crops/s | x MONAI CacheDataset | / ceiling | notes |")
+        out.append("|---|---:|---:|---:|---:|---|")
+        for r in dsrows:
+            out.append(f"| {r.system} | {r.consumers} | {fmt_rate(r)} | {r.median / monai_cd:.1f}x | "
+                       f"{r.median / ceil:.2f} | {r.note} |")
+        out.append("")
+        out.append("| memory | consumers | data memory MiB | object store MiB | x one copy of the cache |")
+        out.append("|---|---:|---:|---:|---:|")
+        one = info["cache_bytes"]
+        for r in dsrows:
+            if r.mem_bytes is None:
+                continue
+            store = f"{r.store_bytes / MiB:.0f}" if r.store_bytes is not None else "-"
+            out.append(f"| {r.system} | {r.consumers} | {r.mem_bytes / MiB:.0f} | {store} | {r.mem_bytes / one:.2f} |")
+        out.append("")
+        svc1 = next((r for r in dsrows if r.system.startswith("SmartCache") and r.consumers == 1), None)
+        svc_max = max((r for r in dsrows if r.system.startswith("SmartCache")), key=lambda r: r.consumers, default=None)
+        checks = []
+        if svc1 is not None:
+            checks.append(("crops/s >= 10x MONAI CacheDataset", svc1.median >= 10 * monai_cd,
+                           f"{svc1.median / monai_cd:.1f}x"))
+            checks.append(("crops/s within 3x of the numpy ceiling", svc1.median * 3 >= ceil,
+                           f"ceiling / service = {ceil / svc1.median:.2f}"))
+        if svc_max is not None and svc_max.mem_bytes is not None:
+            checks.append((f"memory with {svc_max.consumers} consumers <= 1.2x one copy",
+                           svc_max.mem_bytes <= 1.2 * one, f"{svc_max.mem_bytes / one:.3f}x"))
+        out.append("Targets: " + "; ".join(f"{what}: **{'met' if ok else 'MISSED'}** ({val})"
+                                           for what, ok, val in checks))
+        out.append("")
+    return "\n".join(out)
+
+
+def write_markdown(path: Path, text: str) -> None:
+    section = f"{MARK_BEGIN}\n{text}\n{MARK_END}\n"
+    if path.is_file():
+        old = path.read_text()
+        if MARK_BEGIN in old and MARK_END in old:
+            head, rest = old.split(MARK_BEGIN, 1)
+            tail = rest.split(MARK_END, 1)[1].lstrip("\n")
+            path.write_text(head + section + tail)
+            return
+        path.write_text(old.rstrip("\n") + "\n\n" + section)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("# Benchmarks\n\n" + section)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("datasets", nargs="*", help=f"MSD dataset folders (default: {DEFAULT_BRAIN} if present)")
+    ap.add_argument("--min-cases", type=int, default=16,
+                    help="copy a dataset's cases (distinct ids) until it has this many (default 16)")
+    ap.add_argument("--demo-cases", type=int, default=16, help="demo phantom cases to generate; 0 = none")
+    ap.add_argument("--demo-size", type=int, default=128, help="demo phantom edge in voxels (default 128)")
+    ap.add_argument("--repeats", type=int, default=1, help="repeats per throughput row; the median is shown")
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds measured per row (default 8)")
+    ap.add_argument("--patch-size", type=int, default=96)
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--samples-per-volume", type=int, default=1,
+                    help="crops per volume draw (MONAI num_samples; CropBatchStream samples_per_volume)")
+    ap.add_argument("--consumers", default="1,2,4", help="SmartCache/MONAI consumer process counts (default 1,2,4)")
+    ap.add_argument("--monai-consumers", default=None,
+                    help="consumer process counts for the per-process MONAI CacheDataset rows (default: --consumers)")
+    ap.add_argument("--skip-plain", action="store_true", help="leave out the plain MONAI Dataset row")
+    ap.add_argument("--quick", action="store_true",
+                    help="short run (under 2 min): 1.5 s rows, 4 demo cases of 128^3, BrainDev x2, "
+                         "SmartCache consumers 1,2, MONAI consumers 1")
+    ap.add_argument("--markdown", type=Path, default=None,
+                    help="also write the tables into this file, between benchmark markers (e.g. docs/benchmarks.md)")
+    ap.add_argument("--work-dir", type=Path, default=None, help="where replicated/demo data go (default: a temp dir)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.duration, args.repeats, args.min_cases = 1.5, 1, 2
+        args.demo_cases, args.demo_size, args.consumers, args.monai_consumers = 4, 128, "1,2", "1"
+    args.consumers = [int(k) for k in str(args.consumers).split(",") if k]
+    args.monai_consumers = ([int(k) for k in str(args.monai_consumers).split(",") if k]
+                            if args.monai_consumers is not None else list(args.consumers))
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import ray
+    from tqdm.auto import tqdm
+
+    from common.demo_data import make_demo_data
+
+    start = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix="datapath-bench-")) if args.work_dir is None else args.work_dir
+    tmp.mkdir(parents=True, exist_ok=True)
+    sources = [Path(d) for d in args.datasets] or ([Path(DEFAULT_BRAIN)] if Path(DEFAULT_BRAIN).is_dir() else [])
+    roots = [replicate_dataset(s.resolve(), args.min_cases, tmp) for s in sources]
+    if args.demo_cases > 0:
+        roots.append(make_demo_data(tmp / "demo", cases=args.demo_cases, size=args.demo_size, seed=0))
+    per_ds = 2 + len(args.consumers) + len(args.monai_consumers) + (2 if args.skip_plain else 3)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    rows: list[Row] = []
+    infos: dict[str, dict] = {}
+    try:
+        with tqdm(total=per_ds * len(roots), desc="datapath benchmark", unit="row") as bar:
+            for root in roots:
+                ds_rows, info = bench_dataset(root, args, tmp / "stats", bar)
+                rows += ds_rows
+                infos[ds_rows[0].dataset] = info
+    finally:
+        ray.shutdown()
+        if args.work_dir is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    text = render(rows, infos, args, time.perf_counter() - start)
+    print("\n" + text)
+    if args.markdown is not None:
+        write_markdown(args.markdown, text)
+        print(f"\nwrote {args.markdown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
