@@ -75,8 +75,7 @@ def latest_checkpoint(out_dir: Path) -> ray.train.Checkpoint | None:
     return ray.train.Checkpoint.from_directory(str(candidates[-1])) if candidates else None
 
 
-def _trainer(cfg: ExperimentConfig, loop_config: dict[str, Any], out_dir: Path, name: str,
-             resume_from: ray.train.Checkpoint | None) -> TorchTrainer:
+def _trainer(cfg: ExperimentConfig, loop_config: dict[str, Any], out_dir: Path, name: str) -> TorchTrainer:
     backend = "nccl" if cfg.training.use_gpu else "gloo"
     return TorchTrainer(
         train_loop_per_worker,
@@ -86,7 +85,6 @@ def _trainer(cfg: ExperimentConfig, loop_config: dict[str, Any], out_dir: Path, 
                                      resources_per_worker={"CPU": cfg.training.worker_num_cpus}),
         run_config=RunConfig(name=name, storage_path=str((out_dir / "ray_results").resolve()),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        resume_from_checkpoint=resume_from,
     )
 
 
@@ -163,9 +161,10 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
     resume_from = latest_checkpoint(opts.out_dir) if opts.resume else None
     loop_config = {"experiment": cfg.to_dict(), "fingerprint": fp, "experiment_id": experiment_id,
                    "validator_name": f"validator-{experiment_id}", "num_classes": num_classes,
-                   "in_channels": in_channels, "t_start": t_start}
+                   "in_channels": in_channels, "t_start": t_start,
+                   "resume_from": resume_from.path if resume_from is not None else None}
     try:
-        result = _trainer(cfg, loop_config, opts.out_dir, experiment_id, resume_from).fit()
+        result = _trainer(cfg, loop_config, opts.out_dir, experiment_id).fit()
         _raise_if_failed(result)
         rows = ray.get(validator.train_rows.remote())
         val_rows = ray.get(validator.history.remote())

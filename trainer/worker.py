@@ -38,9 +38,17 @@ def _agree(flag: bool, device: torch.device) -> bool:
     return bool(t.item() > 0.5)
 
 
-def _restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> int:
-    """Load the Ray Train checkpoint if there is one; returns the first epoch to run."""
+def _checksum(model: torch.nn.Module) -> float:
+    """Sum of all parameters in float64: equal on every rank iff DDP kept the replicas in step."""
+    return float(sum(p.detach().double().sum() for p in model.parameters()))
+
+
+def _restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+             resume_from: str | None) -> int:
+    """Load Ray Train's checkpoint (after a worker restart) or the one to resume from; returns the next epoch."""
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and resume_from:
+        checkpoint = ray.train.Checkpoint.from_directory(resume_from)
     if checkpoint is None:
         return 0
     with checkpoint.as_directory() as d:
@@ -77,10 +85,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     loss_fn = build_loss()
     amp = AmpPolicy.for_device(device, cfg.training)
     scaler = amp.scaler()
-    start_epoch = _restore(model, optimizer, scaler)
+    start_epoch = _restore(model, optimizer, scaler, config.get("resume_from"))
 
     cache = attach(config["fingerprint"], cfg.cache.namespace)
-    validator = ray.get_actor(config["validator_name"], namespace=cfg.cache.namespace) if rank == 0 else None
+    validator = ray.get_actor(config["validator_name"], namespace=cfg.cache.namespace)
     experiment_id, t_start = config["experiment_id"], config["t_start"]
     pending = None
     for epoch in range(start_epoch, cfg.training.epochs):
@@ -108,9 +116,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = {"epoch": epoch, "loss": stats.loss, "steps": stats.steps, "crops": stats.crops,
                    "positive_fraction": stats.positive_fraction, "ratio": stats.ratio,
                    "generation": stats.generation, "step_seconds": stats.step_seconds,
-                   "wait_seconds": stats.wait_seconds, "time_s": time.time() - t_start, "rank": rank}
-        if rank == 0:
-            validator.record_train.remote(metrics)
+                   "wait_seconds": stats.wait_seconds, "time_s": time.time() - t_start, "rank": rank,
+                   "param_checksum": _checksum(model)}
+        validator.record_train.remote(metrics)
         last = stop or epoch == cfg.training.epochs - 1
         if last or (epoch + 1) % cfg.training.checkpoint_every == 0:
             _report(metrics, model, optimizer, scaler, rank)  # a collective: every rank takes this branch

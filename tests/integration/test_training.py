@@ -1,0 +1,137 @@
+"""Training end to end on the session's local Ray: DDP in step, ratio hand-over, determinism, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from common.config import ExperimentConfig, config_from_dict
+from trainer.launcher import LaunchOptions, run_experiment
+
+pytestmark = pytest.mark.integration
+
+
+def tiny_config(data: Path, stats_dir: Path, **training: Any) -> ExperimentConfig:
+    """Two gloo workers on a 2-CPU cluster, a 4-8 U-Net, 16^3 crops, every item cached (no rotation)."""
+    return config_from_dict({
+        "name": "t",
+        "data": {"dataset_dir": str(data), "val_fraction": 0.34},
+        "preprocessing": {"spacing": [1.5, 1.5, 1.5]},
+        "cache": {"stats_dir": str(stats_dir), "task_num_cpus": 0.25, "namespace": f"train-{uuid.uuid4().hex[:6]}",
+                  "replace_workers": 1},
+        "sampler": {"patch_size": [16, 16, 16], "samples_per_volume": 2},
+        "augmentation": {"flip_prob": 0.5, "shift_prob": 0.5},
+        "training": {"num_workers": 2, "worker_num_cpus": 0.4, "channels": [4, 8], "strides": [2],
+                     "num_res_units": 0, "batch_size": 2, "lr": 0.01, "target_dice": 1.0, "epochs": 3,
+                     "checkpoint_every": 1, **training},
+        "validation": {"roi_size": [16, 16, 16], "num_cpus": 0.2, "overlap": 0.0},
+    })
+
+
+def _rows(out: Path, kind: str) -> list[dict[str, Any]]:
+    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
+
+
+def _stop_caches(namespace: str) -> None:
+    import ray
+
+    from cache_service.client import stop_cache
+
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        if entry["namespace"] == namespace and entry["name"].startswith("smartcache-"):
+            stop_cache(ray.get_actor(entry["name"], namespace=namespace))
+
+
+@pytest.mark.timeout(240)
+def test_ddp_replicas_in_step_and_ratio_reaches_next_epoch(ray_cluster, demo_root, stats_dir, tmp_path):
+    cfg = tiny_config(demo_root, stats_dir, deterministic=True)
+    try:
+        report = run_experiment(cfg, LaunchOptions(tmp_path / "run", show_progress=False))
+    finally:
+        _stop_caches(cfg.cache.namespace)
+    train, val = _rows(tmp_path / "run", "train"), _rows(tmp_path / "run", "validation")
+    assert report.epochs == 3 and len(val) == 3
+    for epoch in range(3):
+        ranks = {r["rank"]: r for r in train if r["epoch"] == epoch}
+        assert set(ranks) == {0, 1}
+        assert ranks[0]["param_checksum"] == pytest.approx(ranks[1]["param_checksum"], rel=0, abs=1e-9)
+        assert ranks[0]["loss"] != ranks[1]["loss"] or epoch > 0  # different shards, same weights
+    # the ratio the validation actor published after epoch e is what the workers used in epoch e + 1
+    rank0 = sorted((r for r in train if r["rank"] == 0), key=lambda r: r["epoch"])
+    assert rank0[0]["ratio"] == cfg.sampler.initial_ratio
+    for e in range(1, 3):
+        assert rank0[e]["ratio"] == pytest.approx(val[e - 1]["ratio"])
+    for name in ("report.json", "curves.png", "validation_case.png", "model.pt"):
+        assert (tmp_path / "run" / name).is_file(), name
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.timeout(300)
+def test_deterministic_runs_give_identical_losses(ray_cluster, demo_root, stats_dir, tmp_path):
+    cfg = tiny_config(demo_root, stats_dir, deterministic=True, seed=7, epochs=2)
+    try:
+        losses = []
+        for run in ("a", "b"):
+            run_experiment(cfg, LaunchOptions(tmp_path / run, show_progress=False))
+            rows = sorted(_rows(tmp_path / run, "train"), key=lambda r: (r["epoch"], r["rank"]))
+            losses.append([(r["epoch"], r["rank"], r["loss"]) for r in rows])
+    finally:
+        _stop_caches(cfg.cache.namespace)
+    assert len(losses[0]) == 4
+    assert losses[0] == losses[1]
+
+
+@pytest.mark.timeout(300)
+def test_killed_run_resumes_from_its_checkpoint(ray_cluster, demo_root, stats_dir, tmp_path):
+    cfg = tiny_config(demo_root, stats_dir, epochs=40)
+    out = tmp_path / "run"
+    overrides = [f"--set=cache.stats_dir={stats_dir}", f"--set=cache.namespace={cfg.cache.namespace}",
+                 "--set=cache.task_num_cpus=0.25", "--set=preprocessing.spacing=[1.5,1.5,1.5]",
+                 "--set=data.val_fraction=0.34", "--set=sampler.patch_size=[16,16,16]",
+                 "--set=validation.roi_size=[16,16,16]", "--set=validation.num_cpus=0.2",
+                 *[f"--set=training.{k}={json.dumps(v)}" for k, v in
+                   {"num_workers": 2, "worker_num_cpus": 0.4, "channels": [4, 8], "strides": [2],
+                    "num_res_units": 0, "epochs": 40, "checkpoint_every": 1, "target_dice": 1.0}.items()]]
+    cmd = [sys.executable, "-m", "trainer.cli", "train", "--data", str(demo_root), "--out", str(out),
+           "--address", ray_cluster, *overrides]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not list((out / "ray_results").glob("*/checkpoint_*")):
+            assert proc.poll() is None, "training ended before writing a checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 180 s"
+            time.sleep(0.5)
+        time.sleep(1.0)  # let the checkpoint directory finish
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        resumed_cfg = tiny_config(demo_root, stats_dir, epochs=2)
+        resumed_cfg = config_from_dict({**resumed_cfg.to_dict(),
+                                        "cache": {**resumed_cfg.to_dict()["cache"],
+                                                  "namespace": cfg.cache.namespace}})
+        from trainer.launcher import latest_checkpoint
+        checkpoint = latest_checkpoint(out)
+        assert checkpoint is not None
+        import torch
+        saved_epoch = torch.load(Path(checkpoint.path) / "state.pt", weights_only=False)["epoch"]
+        report = run_experiment(config_from_dict({**resumed_cfg.to_dict(),
+                                                  "training": {**resumed_cfg.to_dict()["training"],
+                                                               "epochs": saved_epoch + 2}}),
+                                LaunchOptions(out, resume=True, show_progress=False))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        _stop_caches(cfg.cache.namespace)
+    assert report.resumed_from_epoch == saved_epoch + 1
+    epochs = sorted({r["epoch"] for r in _rows(out, "train")})
+    assert epochs == [saved_epoch + 1]
+    assert np.isfinite(report.best_mean_dice)
