@@ -19,7 +19,8 @@ and augmentation off on both sides. Rows:
   ``SmartCacheDataset`` + ``DataLoader`` (cache half the cases, replace 20 % per epoch), and plain
   ``Dataset`` + ``DataLoader(num_workers=1)`` (load and preprocess every time).
 
-Timing of a row starts at its first batch (start-up and cache builds are reported apart).
+Timing of a row starts at its first batch (start-up and cache builds are reported apart), after the
+machine has gone under 30 % CPU (at most 30 s of waiting; the reading is shown as "CPU busy before").
 
 Memory: the summed PSS (``psutil``) of the driver and every process of this script's own Ray cluster
 (raylet, GCS, cache actor, task workers, consumers) is taken once the K consumers are started and
@@ -156,6 +157,21 @@ def run_monai(ds: Any, kind: str, batch: int, num_workers: int, seconds: float) 
             ds.shutdown()
 
 
+def wait_idle(max_wait_s: float = 30.0, busy_pct: float = 30.0) -> float:
+    """Wait (up to ``max_wait_s``) until the whole machine is under ``busy_pct`` % CPU; return the last reading.
+
+    Leftovers of the previous row (a DataLoader worker finishing a volume, a freed cache) or other
+    users of the machine would otherwise be measured as part of the next row.
+    """
+    import psutil
+
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        pct = psutil.cpu_percent(interval=0.5)
+        if pct < busy_pct or time.monotonic() > deadline:
+            return pct
+
+
 def tree_pss() -> tuple[int, int]:
     """(summed PSS, number of processes) of this process and all its descendants (our own Ray cluster)."""
     import psutil
@@ -257,6 +273,7 @@ class Row:
     note: str = ""
     mem_bytes: int | None = None  # data memory (see module docstring)
     store_bytes: int | None = None
+    busy: list[float] = dataclasses.field(default_factory=list)  # machine CPU % just before each repeat
 
     @property
     def median(self) -> float:
@@ -290,8 +307,14 @@ def bench_dataset(root: Path, args: argparse.Namespace, stats_dir: Path, bar: An
     info: dict[str, Any] = {"cases": len(data)}
     remote = ray.remote(num_cpus=0)(Consumer)
 
+    busy: list[float] = []
+
     def step(what: str) -> None:
         bar.set_postfix_str(f"{name}: {what}")
+        busy.clear()
+
+    def idle() -> None:
+        busy.append(wait_idle())
 
     def consumers(k: int) -> tuple[list[Any], int]:
         actors = [remote.remote() for _ in range(k)]
@@ -319,9 +342,11 @@ def bench_dataset(root: Path, args: argparse.Namespace, stats_dir: Path, bar: An
         bar.update(1)
 
         step("numpy ceiling")
-        rows.append(Row(name, "numpy crop copy (ceiling)", 1,
-                        [ceiling(volumes, p, args.batch_size, args.duration, s)["crops_per_s"]
-                         for s in range(args.repeats)], "driver, in-memory arrays"))
+        rates = []
+        for s in range(args.repeats):
+            idle()
+            rates.append(ceiling(volumes, p, args.batch_size, args.duration, s)["crops_per_s"])
+        rows.append(Row(name, "numpy crop copy (ceiling)", 1, rates, "driver, in-memory arrays", busy=list(busy)))
         bar.update(1)
         del volumes
 
@@ -330,6 +355,7 @@ def bench_dataset(root: Path, args: argparse.Namespace, stats_dir: Path, bar: An
             rates, mems = [], []
             for rep in range(args.repeats):
                 actors, base = consumers(k)
+                idle()
                 outs = ray.get([a.service.remote(fp, cfg.cache.namespace, f"bench-{k}-{rep}-{i}", cfg.sampler,
                                                  cfg.augmentation, args.batch_size, args.duration, 1000 * rep + i)
                                 for i, a in enumerate(actors)])
@@ -339,7 +365,7 @@ def bench_dataset(root: Path, args: argparse.Namespace, stats_dir: Path, bar: An
                 release(actors)
             rows.append(Row(name, "SmartCache actor + CropBatchStream", k, rates,
                             "shared cache, one stream per process" + (", crops/s summed" if k > 1 else ""),
-                            store + int(statistics.median(mems)), store))
+                            store + int(statistics.median(mems)), store, list(busy)))
             bar.update(1)
 
         for k in args.monai_consumers:
@@ -347,6 +373,7 @@ def bench_dataset(root: Path, args: argparse.Namespace, stats_dir: Path, bar: An
             rates, mems, builds = [], [], []
             for rep in range(args.repeats if k == 1 else 1):
                 actors, base = consumers(k)
+                idle()
                 outs = ray.get([a.monai.remote("cache", data, prep, p, args.samples_per_volume, args.batch_size, 0,
                                                args.duration, smart_num) for a in actors])
                 after = tree_pss()[0]
@@ -357,7 +384,7 @@ def bench_dataset(root: Path, args: argparse.Namespace, stats_dir: Path, bar: An
             rows.append(Row(name, "MONAI CacheDataset + DataLoader(nw=0)", k, rates,
                             f"own cache per process, built in {statistics.median(builds):.0f} s"
                             + (", crops/s summed" if k > 1 else ""),
-                            int(statistics.median(mems)), None))
+                            int(statistics.median(mems)), None, list(busy)))
             bar.update(1)
 
         for kind, nw, label in (("cache", 1, "MONAI CacheDataset + DataLoader(nw=1)"),
@@ -369,13 +396,14 @@ def bench_dataset(root: Path, args: argparse.Namespace, stats_dir: Path, bar: An
             rates, builds = [], []
             for _ in range(args.repeats):
                 ds, build_s = build_monai_dataset(kind, data, prep, p, args.samples_per_volume, smart_num)
+                idle()
                 rates.append(run_monai(ds, kind, args.batch_size, nw, args.duration)["crops_per_s"])
                 builds.append(build_s)
                 del ds
             note = {"cache": f"driver, cache built in {statistics.median(builds):.0f} s",
                     "smart": f"driver, {smart_num} of {len(data)} cached, 20 % replaced per epoch",
                     "plain": "driver, loads and preprocesses every crop"}[kind]
-            rows.append(Row(name, label, 1, rates, note))
+            rows.append(Row(name, label, 1, rates, note, busy=list(busy)))
             bar.update(1)
     finally:
         stop_cache(handle)
@@ -425,11 +453,12 @@ def render(rows: list[Row], infos: dict[str, dict], args: argparse.Namespace, el
         ceil = next((r.median for r in dsrows if r.system.startswith("numpy")), float("nan"))
         monai_cd = max((r.median for r in dsrows if r.system.startswith("MONAI CacheDataset") and r.consumers == 1),
                        default=float("nan"))
-        out.append("| system | consumers | crops/s | x MONAI CacheDataset | / ceiling | notes |")
-        out.append("|---|---:|---:|---:|---:|---|")
+        out.append("| system | consumers | crops/s | x MONAI CacheDataset | / ceiling | CPU busy before | notes |")
+        out.append("|---|---:|---:|---:|---:|---:|---|")
         for r in dsrows:
+            busy = f"{max(r.busy):.0f} %" if r.busy else "-"
             out.append(f"| {r.system} | {r.consumers} | {fmt_rate(r)} | {r.median / monai_cd:.1f}x | "
-                       f"{r.median / ceil:.2f} | {r.note} |")
+                       f"{r.median / ceil:.2f} | {busy} | {r.note} |")
         out.append("")
         out.append("| memory | consumers | data memory MiB | object store MiB | x one copy of the cache |")
         out.append("|---|---:|---:|---:|---:|")
@@ -480,7 +509,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--demo-cases", type=int, default=16, help="demo phantom cases to generate; 0 = none")
     ap.add_argument("--demo-size", type=int, default=128, help="demo phantom edge in voxels (default 128)")
     ap.add_argument("--repeats", type=int, default=1, help="repeats per throughput row; the median is shown")
-    ap.add_argument("--duration", type=float, default=8.0, help="seconds measured per row (default 8)")
+    ap.add_argument("--duration", type=float, default=6.0, help="seconds measured per row (default 6)")
     ap.add_argument("--patch-size", type=int, default=96)
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--samples-per-volume", type=int, default=1,
