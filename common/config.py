@@ -127,6 +127,7 @@ class CacheConfig:
     task_num_cpus: float = 0.5
     namespace: str = "smartcache"
     stats_dir: str | None = None  # where dataset-wide CT statistics are kept; None: ~/.cache/smartcache-seg
+    enabled: bool = True  # false: trainers load and preprocess every volume every epoch (the baseline)
 
     def __post_init__(self) -> None:
         if self.cache_num is not None:
@@ -190,6 +191,7 @@ class TrainingConfig:
     worker_num_cpus: float = 1.0
     steps_per_epoch: int | None = None  # None: one pass over the worker's shard
     checkpoint_every: int = 10  # epochs between Ray Train checkpoints (and at the last epoch)
+    time_limit_s: float | None = None  # stop after this many seconds even if the target is not reached
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "training.batch_size", self.batch_size, "an integer >= 1")
@@ -202,6 +204,8 @@ class TrainingConfig:
         _check(len(self.strides) == len(self.channels) - 1, "training.strides", self.strides,
                f"one stride fewer than channels ({len(self.channels)} channels)")
         _check(self.worker_num_cpus > 0, "training.worker_num_cpus", self.worker_num_cpus, "a CPU share > 0")
+        if self.time_limit_s is not None:
+            _check(self.time_limit_s > 0, "training.time_limit_s", self.time_limit_s, "seconds > 0, or null")
         _check(self.checkpoint_every >= 1, "training.checkpoint_every", self.checkpoint_every, "an integer >= 1")
         if self.steps_per_epoch is not None:
             _check(self.steps_per_epoch >= 1, "training.steps_per_epoch", self.steps_per_epoch, "an integer >= 1")

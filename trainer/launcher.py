@@ -8,6 +8,7 @@ turns what the workers and the validation actor recorded into report files.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from cache_service.client import DEFAULT_STATS_DIR, call, get_or_create_cache, w
 from common.catalog import Catalog, fingerprint, load_catalog
 from common.config import ExperimentConfig
 from common.errors import CacheUnavailableError, ConfigError, SmartCacheError
-from common.preprocess import compute_intensity_stats, resolve_normalization
+from common.preprocess import build_preprocessor, compute_intensity_stats, resolve_normalization
 from trainer.predict import MODEL_FILE, save_model_file
 from trainer.report import RunReport, format_summary, plot_case, plot_curves, write_jsonl, write_tensorboard
 from trainer.validation_service import ValidationService
@@ -163,8 +164,13 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
                    "validator_name": f"validator-{experiment_id}", "num_classes": num_classes,
                    "in_channels": in_channels, "t_start": t_start,
                    "resume_from": resume_from.path if resume_from is not None else None}
+    if not cfg.cache.enabled:  # the baseline: workers prepare every volume again every epoch
+        loop_config["records"] = list(catalog.train)
+        loop_config["preprocessor"] = build_preprocessor(catalog, cfg.preprocessing, cfg.sampler.patch_size,
+                                                         Path(cfg.cache.stats_dir or DEFAULT_STATS_DIR).expanduser(), fp)
     try:
-        result = _trainer(cfg, loop_config, opts.out_dir, experiment_id).fit()
+        result = _fit_with_progress(_trainer(cfg, loop_config, opts.out_dir, experiment_id), validator, cfg,
+                                    opts.show_progress)
         _raise_if_failed(result)
         rows = ray.get(validator.train_rows.remote())
         val_rows = ray.get(validator.history.remote())
@@ -188,6 +194,38 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
     if opts.show_progress:
         print(format_summary(report))
     return report
+
+
+def _fit_with_progress(trainer: TorchTrainer, validator: Any, cfg: ExperimentConfig, show: bool) -> Any:
+    """Run ``trainer.fit()`` in a thread and show epochs, loss, Dice and ratio as they arrive."""
+    from tqdm.auto import tqdm
+
+    box: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as err:  # re-raised in the caller's thread
+            box["error"] = err
+
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    thread.start()
+    with tqdm(total=cfg.training.epochs, desc="training", unit="epoch", disable=not show) as bar:
+        while thread.is_alive():
+            thread.join(timeout=2.0)
+            try:
+                rows = [r for r in ray.get(validator.train_rows.remote(), timeout=10) if r.get("rank", 0) == 0]
+                best = ray.get(validator.best.remote(), timeout=10)
+            except ray.exceptions.RayError:
+                continue
+            if rows:
+                bar.n = len(rows)
+                bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}", ratio=f"{rows[-1]['ratio']:.2f}",
+                                best_dice="-" if best is None else f"{best:.3f}")
+                bar.refresh()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 def _raise_if_failed(result: Any) -> None:

@@ -93,9 +93,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     pending = None
     for epoch in range(start_epoch, cfg.training.epochs):
         snap = call(cache, "snapshot", experiment_id, epoch=epoch)
+        items, fetch = (snap.refs, ray.get) if cfg.cache.enabled else (config["records"], config["preprocessor"])
         rng = np.random.default_rng([cfg.training.seed, epoch, rank])
-        with CropBatchStream(snap.refs, ray.get, snap.ratio, cfg.sampler, cfg.augmentation,
-                             cfg.training.batch_size, seed=cfg.training.seed, rng=rng, rank=rank, world_size=world, epoch=epoch,
+        with CropBatchStream(items, fetch, snap.ratio, cfg.sampler, cfg.augmentation, cfg.training.batch_size,
+                             seed=cfg.training.seed, rng=rng, rank=rank, world_size=world, epoch=epoch,
                              steps=cfg.training.steps_per_epoch) as batches:
             stats = run_epoch(model, batches, loss_fn, optimizer, amp, scaler, device, epoch, snap.ratio,
                               snap.generation)
@@ -112,6 +113,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     ray.get(pending)
             latest = ray.get(validator.best.remote())
             stop = latest is not None and latest >= cfg.training.target_dice
+            limit = cfg.training.time_limit_s
+            stop = stop or (limit is not None and time.time() - t_start > limit)
         stop = _agree(stop, device)
         metrics = {"epoch": epoch, "loss": stats.loss, "steps": stats.steps, "crops": stats.crops,
                    "positive_fraction": stats.positive_fraction, "ratio": stats.ratio,
