@@ -20,13 +20,13 @@ from common.demo_data import make_demo_data
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
-def _plasma_bytes() -> int:
+def _plasma_bytes(address: str) -> int:
     """Bytes held in the object store of this (single-node) cluster, as the raylet reports them."""
     import re
 
     from ray._private.internal_api import memory_summary
 
-    text = memory_summary(stats_only=True)
+    text = memory_summary(address=address, stats_only=True)
     match = re.search(r"Plasma memory usage ([0-9.]+) (KiB|MiB|GiB)", text)
     if match is None:
         return 0
@@ -60,7 +60,7 @@ def test_two_experiments_share_one_cache(ray_cluster, stats_dir, tmp_path):
                 ids = [e["experiment_id"] for e in caches[0]["experiments"]]
                 histories = {i: client.get(f"/experiments/{i}/sampler").json()["history"] for i in ids}
                 if all(len(h) >= 2 for h in histories.values()):
-                    seen = (caches, histories, _plasma_bytes())
+                    seen = (caches, histories, _plasma_bytes(ray_cluster))
                     break
             time.sleep(1.0)
         assert seen is not None, "both experiments never reported validation on the shared cache"
