@@ -138,6 +138,22 @@ def _save_model(out: Path, weights: dict[str, Any], cfg: ExperimentConfig, catal
     save_model_file(out / MODEL_FILE, weights, cfg, catalog.num_classes, in_channels, catalog.labels, norm, stats)
 
 
+def _require_usable(status: Any, catalog: Catalog) -> None:
+    """Stop before training when quarantine left nothing to train or validate on."""
+    for split, cached in (("train", status.items_cached), ("val", status.val_items_cached)):
+        if cached == 0:
+            errors = "; ".join(q.error for q in status.quarantined if q.split == split)
+            raise TrainingFailedError(f"no {split} case of {catalog.root} could be prepared, so there is nothing to "
+                                      f"{'train' if split == 'train' else 'validate'} on: {errors or 'none cached'}")
+
+
+def _short(err: BaseException) -> str:
+    """The lines of a Ray Train failure a person needs: the summary and the errors, no stack frames."""
+    keep = [line for line in str(err).splitlines()
+            if line.strip() and not line.startswith((" ", "\t", "Traceback", "During handling"))]
+    return "\n".join(keep[:8])
+
+
 def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
     """Run one experiment on the connected Ray cluster and write its report to ``opts.out_dir``."""
     t_start = time.time()
@@ -152,6 +168,7 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
     status = wait_until_ready(cache, progress=opts.show_progress)
     for q in status.quarantined:
         print(f"warning: {q.item_id} ({q.split}) is quarantined and left out: {q.error}")
+    _require_usable(status, catalog)
     fill_s = time.time() - t_fill
     call(cache, "register", experiment_id, {"name": cfg.name, "lr": cfg.training.lr,
                                             "optimizer": cfg.training.optimizer})
@@ -177,7 +194,7 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
         example = ray.get(validator.example_case.remote())
         best_weights = ray.get(validator.best_weights.remote())
     except (ray.exceptions.RayError, ray.train.TrainingFailedError) as err:
-        raise TrainingFailedError(f"training of {experiment_id} failed: {err}") from err
+        raise TrainingFailedError(f"training of {experiment_id} failed: {_short(err)}") from err
     finally:
         ray.kill(validator)
         try:

@@ -1,0 +1,67 @@
+"""A training that cannot work ends with a clear message, not a hang or a bare traceback."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from common.config import config_from_dict
+from common.errors import ConfigError, DataError
+from trainer.launcher import LaunchOptions, TrainingFailedError, run_experiment
+from tests.integration.test_training import _stop_caches, tiny_config
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.timeout(60)
+def test_missing_dataset_names_the_file(ray_cluster, stats_dir, tmp_path):
+    with pytest.raises(DataError, match="dataset.json not found"):
+        run_experiment(tiny_config(tmp_path / "nowhere", stats_dir), LaunchOptions(tmp_path / "o", show_progress=False))
+
+
+@pytest.mark.timeout(60)
+def test_more_workers_than_cpus(ray_cluster, demo_root, stats_dir, tmp_path):
+    cfg = tiny_config(demo_root, stats_dir, num_workers=8, worker_num_cpus=1.0)
+    with pytest.raises(ConfigError, match="need 8 CPUs but the cluster has 2"):
+        run_experiment(cfg, LaunchOptions(tmp_path / "o", show_progress=False))
+
+
+@pytest.mark.timeout(120)
+def test_patch_larger_than_every_volume(ray_cluster, demo_root, stats_dir, tmp_path):
+    raw = tiny_config(demo_root, stats_dir).to_dict()
+    raw["sampler"]["patch_size"] = [64, 64, 64]
+    raw["validation"]["roi_size"] = [64, 64, 64]
+    cfg = config_from_dict(raw)
+    try:
+        with pytest.raises(TrainingFailedError, match="no train case .* could be prepared.*smaller than the patch"):
+            run_experiment(cfg, LaunchOptions(tmp_path / "o", show_progress=False))
+    finally:
+        _stop_caches(cfg.cache.namespace)
+
+
+@pytest.mark.timeout(240)
+def test_cache_that_disappears_mid_run(ray_cluster, demo_root, stats_dir, tmp_path):
+    import ray
+
+    cfg = tiny_config(demo_root, stats_dir, epochs=500, num_workers=1)
+
+    def kill_cache_once_training() -> None:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if list((tmp_path / "o" / "ray_results").glob("*")):  # Ray Train has started
+                time.sleep(8)
+                _stop_caches(cfg.cache.namespace)
+                return
+            time.sleep(0.5)
+
+    killer = threading.Thread(target=kill_cache_once_training, daemon=True)
+    killer.start()
+    start = time.monotonic()
+    with pytest.raises(TrainingFailedError, match="unavailable") as info:
+        run_experiment(cfg, LaunchOptions(tmp_path / "o", show_progress=False))
+    assert time.monotonic() - start < 200
+    assert "Traceback" not in str(info.value)
+    killer.join(timeout=5)
+    assert ray.is_initialized()
