@@ -90,7 +90,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cache = attach(config["fingerprint"], cfg.cache.namespace)
     validator = ray.get_actor(config["validator_name"], namespace=cfg.cache.namespace)
     experiment_id, t_start = config["experiment_id"], config["t_start"]
-    pending = None
+    pending, last_validated = None, start_epoch - cfg.validation.interval
     for epoch in range(start_epoch, cfg.training.epochs):
         snap = call(cache, "snapshot", experiment_id, epoch=epoch)
         items, fetch = (snap.refs, ray.get) if cfg.cache.enabled else (config["records"], config["preprocessor"])
@@ -105,7 +105,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         stop = False
         if rank == 0:
             call(cache, "report_progress", experiment_id, epoch, {"loss": stats.loss})
-            if epoch % cfg.validation.interval == 0 or epoch == cfg.training.epochs - 1:
+            busy = pending is not None and not ray.wait([pending], timeout=0)[0]
+            due = epoch - last_validated >= cfg.validation.interval or epoch == cfg.training.epochs - 1
+            if due and (cfg.training.deterministic or not busy):  # never queue behind a running validation
+                last_validated = epoch
                 target = model.module if hasattr(model, "module") else model
                 weights = ray.put({k: v.detach().cpu() for k, v in target.state_dict().items()})
                 pending = validator.validate.remote(epoch, weights, time.time() - t_start)
