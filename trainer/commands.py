@@ -52,7 +52,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"made {args.cases} synthetic CT cases in {data}")
     cfg = load_config(packaged_config(DEMO_CONFIG), [f"data.dataset_dir={data}", *args.overrides])
     args.require_target = True
-    return _train(args, cfg)
+    _init_ray(args.address, args.num_cpus)
+    url = _start_dashboard(args.port, cfg.cache.namespace)
+    try:
+        return _train(args, cfg)
+    finally:
+        if url is not None:
+            from cache_service.api.server import stop_api
+
+            stop_api(cfg.cache.namespace)
+
+
+def _start_dashboard(port: int, namespace: str) -> str | None:
+    """The status API on loopback for the demo; a busy port only costs the dashboard, not the run."""
+    from cache_service.api.server import start_api
+    from common.errors import SmartCacheError
+
+    try:
+        url = start_api("127.0.0.1", port, None, namespace)
+    except SmartCacheError as err:
+        print(f"note: no dashboard this time ({err})")
+        return None
+    print(f"dashboard: {url}/  (cache, pool rotations, ratio and Dice live)")
+    return url
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -90,6 +112,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--cases", type=int, default=10, help="synthetic cases (default 10)")
     p.add_argument("--size", type=int, default=64, help="in-plane voxels (default 64)")
+    p.add_argument("--port", type=int, default=8740, help="dashboard port on 127.0.0.1 (default 8740)")
     _common_run_args(p)
     p.set_defaults(handler=cmd_demo)
 

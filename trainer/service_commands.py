@@ -44,6 +44,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.demo:
         return _serve_demo(settings)
     _connect_ray(args.address)
+    if args.data:
+        _start_cache(args)
     if args.foreground:
         print(f"serving {server.public_url(settings)} (namespace '{settings.namespace}'); Ctrl-C stops it")
         server.serve_foreground(settings)
@@ -52,6 +54,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"status API running at {url} (actor '{server.API_ACTOR}' in namespace '{settings.namespace}')")
     print(f"dashboard: {url}/   metrics: {url}/metrics   stop it with: smartcache stop")
     return 0
+
+
+def _start_cache(args: argparse.Namespace) -> None:
+    """Create (or attach to) the cache for a dataset and config, and wait until it is warm."""
+    from cache_service.client import get_or_create_cache, wait_until_ready
+    from common.catalog import fingerprint, load_catalog
+    from common.config import load_config
+
+    cfg = load_config(args.config, [f"data.dataset_dir={args.data}", f"cache.namespace={args.namespace}",
+                                    *args.overrides])
+    catalog = load_catalog(cfg.data.dataset_dir, cfg.data)
+    fp = fingerprint(catalog, cfg.preprocessing)
+    status = wait_until_ready(get_or_create_cache(catalog, cfg, fp))
+    print(f"cache {fp}: {status.items_cached} training and {status.val_items_cached} validation volumes "
+          f"({status.bytes_cached / 2**20:.0f} MiB) in namespace '{args.namespace}'")
 
 
 def _serve_demo(settings: ApiSettings) -> int:
@@ -175,6 +192,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     _namespace_arg(p)
     p.add_argument("--foreground", action="store_true", help="serve in this process until Ctrl-C")
     p.add_argument("--demo", action="store_true", help="serve example data without Ray (preview the dashboard)")
+    p.add_argument("--data", default=None, help="also start (or attach to) the cache for this MSD dataset")
+    p.add_argument("--config", default=None, help="experiment YAML whose preprocessing and cache settings to use")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value (with --data); repeatable")
     p.set_defaults(handler=cmd_serve)
 
 

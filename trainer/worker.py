@@ -106,6 +106,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             call(cache, "report_progress", experiment_id, epoch, {"loss": stats.loss})
             busy = pending is not None and not ray.wait([pending], timeout=0)[0]
+            if pending is not None and not busy:
+                ray.get(pending)  # a validation that failed stops the run with its error
             due = epoch - last_validated >= cfg.validation.interval or epoch == cfg.training.epochs - 1
             if due and (cfg.training.deterministic or not busy):  # never queue behind a running validation
                 last_validated = epoch

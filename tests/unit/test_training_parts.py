@@ -62,8 +62,10 @@ def test_epoch_reduces_loss_and_is_deterministic(optimizer):
     assert first[-1] < first[0]
 
 
-def test_validator_publishes_dice_and_ratio():
-    cfg = load_config(None, TINY + ["sampler.ratio_bounds=[0.25, 4]"])
+@pytest.mark.parametrize("keep_largest", [False, True])
+def test_validator_publishes_dice_and_ratio(keep_largest):
+    cfg = load_config(None, TINY + ["sampler.ratio_bounds=[0.25, 4]",
+                                    f"validation.keep_largest_component={str(keep_largest).lower()}"])
     published = []
     val = Validator(cfg, num_classes=2, in_channels=1, publish=published.append)
     model = build_model(cfg.training, 1, 2)
