@@ -68,6 +68,7 @@ def run_arm(arm: str, base: ExperimentConfig, config_path: str | None, data: str
 
     overrides = [f"data.dataset_dir={data}", f"name={arm.strip('-') or 'arm'}",
                  f"cache.namespace=ttd-{uuid.uuid4().hex[:6]}", f"training.time_limit_s={time_limit}",
+                 "training.epochs=100000",  # the time limit, not an epoch cap, ends an arm
                  *ARMS[arm], *extra]
     cfg = load_config(config_path, overrides)
     report = run_experiment(cfg, LaunchOptions(out / arm.strip("-"), show_progress=True))
