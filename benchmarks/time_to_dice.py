@@ -6,10 +6,10 @@ data with the same seed, one after another in one Ray session; each starts its o
 
   baseline      no cache (load + preprocess every volume every epoch), fixed 1:1 crops, Adam, fp32
   full          shared cache, adaptive pos:neg ratio, NovoGrad, AMP where the device has it
-  -cache        full, but trainers preprocess every volume every epoch
-  -adaptive     full, but the ratio stays 1:1
-  -novograd     full, but Adam
-  -amp          full, but fp32 (only measured on CUDA: AMP is off on CPU unless asked for bf16)
+  no-cache      full, but trainers preprocess every volume every epoch
+  no-adaptive   full, but the ratio stays 1:1
+  no-novograd   full, but Adam
+  no-amp        full, but fp32 (only measured on CUDA: AMP is off on CPU unless asked for bf16)
 
 Usage:
   python benchmarks/time_to_dice.py --data runs/demo/data --config trainer/configs/demo_cpu.yaml
@@ -31,10 +31,10 @@ from common.config import ExperimentConfig, load_config
 ARMS: dict[str, list[str]] = {
     "baseline": ["cache.enabled=false", "sampler.adaptive=false", "training.optimizer=adam", "training.amp=false"],
     "full": ["training.optimizer=novograd", "training.amp=true"],
-    "-cache": ["cache.enabled=false", "training.optimizer=novograd", "training.amp=true"],
-    "-adaptive": ["sampler.adaptive=false", "training.optimizer=novograd", "training.amp=true"],
-    "-novograd": ["training.optimizer=adam", "training.amp=true"],
-    "-amp": ["training.optimizer=novograd", "training.amp=false"],
+    "no-cache": ["cache.enabled=false", "training.optimizer=novograd", "training.amp=true"],
+    "no-adaptive": ["sampler.adaptive=false", "training.optimizer=novograd", "training.amp=true"],
+    "no-novograd": ["training.optimizer=adam", "training.amp=true"],
+    "no-amp": ["training.optimizer=novograd", "training.amp=false"],
 }
 
 
@@ -66,13 +66,13 @@ def run_arm(arm: str, base: ExperimentConfig, config_path: str | None, data: str
             extra: list[str], time_limit: float) -> ArmResult:
     from trainer.launcher import LaunchOptions, run_experiment
 
-    overrides = [f"data.dataset_dir={data}", f"name={arm.strip('-') or 'arm'}",
+    overrides = [f"data.dataset_dir={data}", f"name={arm}",
                  f"cache.namespace=ttd-{uuid.uuid4().hex[:6]}", f"training.time_limit_s={time_limit}",
                  "training.epochs=100000",  # the time limit, not an epoch cap, ends an arm
                  *ARMS[arm], *extra]
     cfg = load_config(config_path, overrides)
-    report = run_experiment(cfg, LaunchOptions(out / arm.strip("-"), show_progress=True))
-    total, to_target = _iterations(out / arm.strip("-"), report.time_to_target_s)
+    report = run_experiment(cfg, LaunchOptions(out / arm, show_progress=True))
+    total, to_target = _iterations(out / arm, report.time_to_target_s)
     _stop_namespace(cfg.cache.namespace)
     return ArmResult(arm, report.reached_target, report.time_to_target_s, to_target, report.best_mean_dice,
                      report.epochs, total, report.wall_seconds, report.cache_fill_seconds,
@@ -113,7 +113,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="MSD dataset folder")
     parser.add_argument("--config", default=None, help="experiment YAML the arms start from")
-    parser.add_argument("--arms", nargs="+", default=["baseline", "full", "-cache", "-adaptive", "-novograd"],
+    parser.add_argument("--arms", nargs="+", default=["baseline", "full", "no-cache", "no-adaptive", "no-novograd"],
                         choices=list(ARMS), help="arms to run, in order")
     parser.add_argument("--time-limit", type=float, default=300.0, help="seconds per arm (default 300)")
     parser.add_argument("--out", default="runs/time_to_dice", help="output folder")
