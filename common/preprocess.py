@@ -90,25 +90,31 @@ def resolve_normalization(cfg: PreprocessConfig, catalog: Catalog) -> str:
     return "ct" if catalog.is_ct else "mri"
 
 
-def deterministic_chain(cfg: PreprocessConfig, num_classes: int, norm: str,
-                        stats: IntensityStats | None) -> Compose:
-    """The cacheable MONAI chain for dicts ``{"image": path, "label": path}``."""
-    keys = ["image", "label"]
-    steps: list[Callable] = [
-        LoadCheckedPaird(num_classes),
-        Orientationd(keys=keys, axcodes=cfg.orientation.upper(), labels=None),
-        Spacingd(keys=keys, pixdim=cfg.spacing, mode=("bilinear", "nearest"), dtype=np.float32),
-    ]
+def spatial_steps(cfg: PreprocessConfig, keys: Sequence[str], modes: str | Sequence[str]) -> list[Callable]:
+    """Reorient, then resample to the target spacing (one interpolation mode per key)."""
+    return [Orientationd(keys=keys, axcodes=cfg.orientation.upper(), labels=None),
+            Spacingd(keys=keys, pixdim=cfg.spacing, mode=modes, dtype=np.float32)]
+
+
+def normalization_steps(cfg: PreprocessConfig, norm: str, stats: IntensityStats | None) -> list[Callable]:
+    """CT: clip to the dataset window and scale to [0, 1]; MRI: optional clipping, then z-score."""
     if norm == "ct":
         if stats is None:
             raise ValueError("CT normalisation needs dataset-wide IntensityStats; call compute_intensity_stats first")
-        steps.append(ScaleIntensityRanged(keys="image", a_min=stats.lower, a_max=stats.upper,
-                                          b_min=0.0, b_max=1.0, clip=True))
-    elif norm == "mri":
-        if cfg.clip_percentiles is not None:
-            steps.append(ClipNonzeroPercentilesd("image", *cfg.clip_percentiles))
-        steps.append(NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True))
-    return Compose(steps)
+        return [ScaleIntensityRanged(keys="image", a_min=stats.lower, a_max=stats.upper, b_min=0.0, b_max=1.0,
+                                     clip=True)]
+    if norm == "mri":
+        clip = [] if cfg.clip_percentiles is None else [ClipNonzeroPercentilesd("image", *cfg.clip_percentiles)]
+        return [*clip, NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True)]
+    return []
+
+
+def deterministic_chain(cfg: PreprocessConfig, num_classes: int, norm: str,
+                        stats: IntensityStats | None) -> Compose:
+    """The cacheable MONAI chain for dicts ``{"image": path, "label": path}``."""
+    return Compose([LoadCheckedPaird(num_classes),
+                    *spatial_steps(cfg, ["image", "label"], ("bilinear", "nearest")),
+                    *normalization_steps(cfg, norm, stats)])
 
 
 def _stats_path(stats_dir: str | Path, fp: str) -> Path:

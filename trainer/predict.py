@@ -16,12 +16,12 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Compose, NormalizeIntensityd, Orientationd, ScaleIntensityRanged, SpatialResample, Spacingd
+from monai.transforms import Compose, SpatialResample
 
 from common.config import ExperimentConfig, config_from_dict
 from common.errors import DataError
 from common.nifti import read_nifti
-from common.preprocess import ClipNonzeroPercentilesd, IntensityStats
+from common.preprocess import IntensityStats, normalization_steps, spatial_steps
 from trainer.model import build_model
 from trainer.validation import predict_volume
 
@@ -37,16 +37,10 @@ def save_model_file(path: Path, weights: dict[str, torch.Tensor], cfg: Experimen
 
 
 def _image_chain(cfg: ExperimentConfig, norm: str, stats: dict[str, Any] | None) -> Compose:
-    steps: list[Any] = [Orientationd(keys="image", axcodes=cfg.preprocessing.orientation.upper(), labels=None),
-                        Spacingd(keys="image", pixdim=cfg.preprocessing.spacing, mode="bilinear", dtype=np.float32)]
-    if norm == "ct" and stats is not None:
-        steps.append(ScaleIntensityRanged(keys="image", a_min=stats["lower"], a_max=stats["upper"],
-                                          b_min=0.0, b_max=1.0, clip=True))
-    elif norm == "mri":
-        if cfg.preprocessing.clip_percentiles is not None:
-            steps.append(ClipNonzeroPercentilesd("image", *cfg.preprocessing.clip_percentiles))
-        steps.append(NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True))
-    return Compose(steps)
+    """The training chain without the label: same orientation, spacing and normalisation."""
+    intensity = IntensityStats(**stats) if stats is not None else None
+    return Compose([*spatial_steps(cfg.preprocessing, ["image"], "bilinear"),
+                    *normalization_steps(cfg.preprocessing, norm, intensity)])
 
 
 class Predictor:

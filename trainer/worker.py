@@ -38,6 +38,11 @@ def _agree(flag: bool, device: torch.device) -> bool:
     return bool(t.item() > 0.5)
 
 
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The network itself, whether or not DDP wraps it."""
+    return model.module if hasattr(model, "module") else model
+
+
 def _checksum(model: torch.nn.Module) -> float:
     """Sum of all parameters in float64: equal on every rank iff DDP kept the replicas in step."""
     return float(sum(p.detach().double().sum() for p in model.parameters()))
@@ -53,8 +58,7 @@ def _restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: t
         return 0
     with checkpoint.as_directory() as d:
         state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
-    target = model.module if hasattr(model, "module") else model
-    target.load_state_dict(state["model"])
+    _unwrap(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
     return int(state["epoch"]) + 1
@@ -66,9 +70,8 @@ def _report(metrics: dict[str, Any], model: torch.nn.Module, optimizer: torch.op
     if rank != 0:
         ray.train.report(metrics)
         return
-    target = model.module if hasattr(model, "module") else model
     with tempfile.TemporaryDirectory() as d:
-        torch.save({"model": target.state_dict(), "optimizer": optimizer.state_dict(),
+        torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                     "scaler": scaler.state_dict(), "epoch": metrics["epoch"]}, Path(d) / CHECKPOINT_FILE)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
@@ -105,14 +108,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         stop = False
         if rank == 0:
             call(cache, "report_progress", experiment_id, epoch, {"loss": stats.loss})
-            busy = pending is not None and not ray.wait([pending], timeout=0)[0]
-            if pending is not None and not busy:
+            if pending is not None and ray.wait([pending], timeout=0)[0]:
                 ray.get(pending)  # a validation that failed stops the run with its error
+                pending = None
             due = epoch - last_validated >= cfg.validation.interval or epoch == cfg.training.epochs - 1
-            if due and (cfg.training.deterministic or not busy):  # never queue behind a running validation
+            if due and (cfg.training.deterministic or pending is None):  # never queue behind a validation
                 last_validated = epoch
-                target = model.module if hasattr(model, "module") else model
-                weights = ray.put({k: v.detach().cpu() for k, v in target.state_dict().items()})
+                weights = ray.put({k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()})
                 pending = validator.validate.remote(epoch, weights, time.time() - t_start)
                 if cfg.training.deterministic:  # the ratio sequence must not depend on timing
                     ray.get(pending)
