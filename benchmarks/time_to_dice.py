@@ -64,6 +64,7 @@ def _iterations(out: Path, until_s: float | None) -> tuple[int, int | None]:
 
 def run_arm(arm: str, base: ExperimentConfig, config_path: str | None, data: str, out: Path,
             extra: list[str], time_limit: float) -> ArmResult:
+    from cache_service.client import stop_caches
     from trainer.launcher import LaunchOptions, run_experiment
 
     overrides = [f"data.dataset_dir={data}", f"name={arm}",
@@ -73,20 +74,10 @@ def run_arm(arm: str, base: ExperimentConfig, config_path: str | None, data: str
     cfg = load_config(config_path, overrides)
     report = run_experiment(cfg, LaunchOptions(out / arm, show_progress=True))
     total, to_target = _iterations(out / arm, report.time_to_target_s)
-    _stop_namespace(cfg.cache.namespace)
+    stop_caches(cfg.cache.namespace)
     return ArmResult(arm, report.reached_target, report.time_to_target_s, to_target, report.best_mean_dice,
                      report.epochs, total, report.wall_seconds, report.cache_fill_seconds,
                      report.data_wait_fraction, report.validation_seconds)
-
-
-def _stop_namespace(namespace: str) -> None:
-    import ray
-
-    from cache_service.client import stop_cache
-
-    for entry in ray.util.list_named_actors(all_namespaces=True):
-        if entry["namespace"] == namespace and entry["name"].startswith("smartcache-"):
-            stop_cache(ray.get_actor(entry["name"], namespace=namespace))
 
 
 def format_table(results: list[ArmResult], target: float, time_limit: float) -> str:

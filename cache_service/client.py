@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import re
 import time
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -26,7 +26,7 @@ from common.errors import CacheUnavailableError, DataError, SmartCacheError
 ACTOR_NUM_CPUS = 0.25
 ACTOR_MAX_CONCURRENCY = 16
 DEFAULT_TIMEOUT_S = 30.0
-DEFAULT_STATS_DIR = "~/.cache/smartcache-seg"
+CACHE_ACTOR = re.compile(r"^smartcache-[0-9a-f]+$")
 
 
 def cache_name(fingerprint: str) -> str:
@@ -73,7 +73,7 @@ def _preprocessor_bytes(catalog: Catalog, cfg: ExperimentConfig, fp: str) -> byt
     """
     from common.preprocess import build_preprocessor  # torch + MONAI: only where a cache is created
 
-    stats_dir = Path(cfg.cache.stats_dir or DEFAULT_STATS_DIR).expanduser()
+    stats_dir = cfg.cache.stats_path()
     good = catalog
     for _ in range(len(catalog.train)):
         try:
@@ -127,6 +127,26 @@ def wait_until_ready(handle: ActorHandle, timeout_s: float = 600.0, progress: bo
                 raise CacheUnavailableError(status.name, f"not warm after {timeout_s:.0f}s ({bar.n}/{bar.total})")
             time.sleep(poll_s)
             status = call(handle, "status")
+
+
+def cache_actor_names(namespace: str) -> list[str]:
+    """Names of the cache actors alive in ``namespace``, sorted (the API actor does not match)."""
+    if not ray.is_initialized():
+        raise CacheUnavailableError("smartcache", "Ray is not initialised in this process")
+    named = ray.util.list_named_actors(all_namespaces=True)
+    return sorted(a["name"] for a in named if a["namespace"] == namespace and CACHE_ACTOR.match(a["name"]))
+
+
+def stop_caches(namespace: str) -> list[str]:
+    """Stop every cache actor in ``namespace``; returns the names stopped."""
+    stopped = []
+    for name in cache_actor_names(namespace):
+        try:
+            stop_cache(ray.get_actor(name, namespace=namespace))
+        except ValueError:  # exited on its own meanwhile
+            continue
+        stopped.append(name)
+    return stopped
 
 
 def stop_cache(handle: ActorHandle) -> None:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from dataclasses import dataclass, field, fields
-from pathlib import Path
 import types
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Union, get_args, get_origin, get_type_hints
 
 import yaml
@@ -139,6 +139,10 @@ class CacheConfig:
         _check(self.replace_workers >= 1, "cache.replace_workers", self.replace_workers, "an integer >= 1")
         _check(self.idle_timeout_s > 0, "cache.idle_timeout_s", self.idle_timeout_s, "seconds > 0")
         _check(0 < self.task_num_cpus <= 64, "cache.task_num_cpus", self.task_num_cpus, "a CPU share in (0, 64]")
+
+    def stats_path(self) -> Path:
+        """Folder of the dataset-wide CT statistics (``stats_dir``, or ~/.cache/smartcache-seg)."""
+        return Path(self.stats_dir or "~/.cache/smartcache-seg").expanduser()
 
     def pool_size(self, num_items: int) -> int:
         """Items in the pool for a training set of ``num_items`` (before the byte budget)."""

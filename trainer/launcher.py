@@ -20,11 +20,11 @@ import ray.train
 from ray.train import CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from cache_service.client import DEFAULT_STATS_DIR, call, get_or_create_cache, wait_until_ready
+from cache_service.client import call, get_or_create_cache, wait_until_ready
 from common.catalog import Catalog, fingerprint, load_catalog
 from common.config import ExperimentConfig
 from common.errors import CacheUnavailableError, ConfigError, SmartCacheError
-from common.preprocess import build_preprocessor, compute_intensity_stats, resolve_normalization
+from common.preprocess import build_preprocessor
 from trainer.predict import MODEL_FILE, save_model_file
 from trainer.report import RunReport, format_summary, plot_case, plot_curves, write_jsonl, write_tensorboard
 from trainer.validation_service import ValidationService
@@ -126,18 +126,6 @@ def _write_outputs(out: Path, report: RunReport, rows: list[dict[str, Any]], val
         plot_case(out / "validation_case.png", image, label, pred, f"validation case {item_id}")
 
 
-def _save_model(out: Path, weights: dict[str, Any], cfg: ExperimentConfig, catalog: Catalog, fp: str,
-                in_channels: int) -> None:
-    """model.pt with the best weights and what predict needs to preprocess new scans identically."""
-    norm = resolve_normalization(cfg.preprocessing, catalog)
-    stats = None
-    if norm == "ct":
-        stats_dir = Path(cfg.cache.stats_dir or DEFAULT_STATS_DIR).expanduser()
-        stats = compute_intensity_stats(catalog.train, catalog.num_classes, cfg.preprocessing.ct_percentiles,
-                                        stats_dir, fp)
-    save_model_file(out / MODEL_FILE, weights, cfg, catalog.num_classes, in_channels, catalog.labels, norm, stats)
-
-
 def _require_usable(status: Any, catalog: Catalog) -> None:
     """Stop before training when quarantine left nothing to train or validate on."""
     for split, cached in (("train", status.items_cached), ("val", status.val_items_cached)):
@@ -181,10 +169,12 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
                    "validator_name": f"validator-{experiment_id}", "num_classes": num_classes,
                    "in_channels": in_channels, "t_start": t_start,
                    "resume_from": resume_from.path if resume_from is not None else None}
+    # the cache's own chain (CT statistics are read back from the stats folder, not recomputed):
+    # baseline workers run it every epoch, and model.pt records its normalisation for predict
+    prep = build_preprocessor(catalog, cfg.preprocessing, cfg.sampler.patch_size, cfg.cache.stats_path(), fp)
     if not cfg.cache.enabled:  # the baseline: workers prepare every volume again every epoch
         loop_config["records"] = list(catalog.train)
-        loop_config["preprocessor"] = build_preprocessor(catalog, cfg.preprocessing, cfg.sampler.patch_size,
-                                                         Path(cfg.cache.stats_dir or DEFAULT_STATS_DIR).expanduser(), fp)
+        loop_config["preprocessor"] = prep
     try:
         result = _fit_with_progress(_trainer(cfg, loop_config, opts.out_dir, experiment_id), validator, cfg,
                                     opts.show_progress)
@@ -207,7 +197,8 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
     report = _summarise(cfg, catalog, experiment_id, rows, val_rows, time.time() - t_start, fill_s, resumed)
     _write_outputs(opts.out_dir, report, rows, val_rows, example)
     if best_weights is not None:
-        _save_model(opts.out_dir, best_weights, cfg, catalog, fp, in_channels)
+        save_model_file(opts.out_dir / MODEL_FILE, best_weights, cfg, catalog.num_classes, in_channels,
+                        catalog.labels, prep.norm, prep.stats)
     if opts.show_progress:
         print(format_summary(report))
     return report

@@ -150,20 +150,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 # ---- stop ----------------------------------------------------------------------------------
 def cmd_stop(args: argparse.Namespace) -> int:
-    import ray
-
-    from cache_service.api.ray_source import cache_actor_names
     from cache_service.api.server import API_ACTOR, stop_api
-    from cache_service.client import stop_cache
+    from cache_service.client import stop_caches
 
     _connect_ray(args.address)
     stopped = [API_ACTOR] if stop_api(args.namespace) else []
-    for name in cache_actor_names(args.namespace):
-        try:
-            stop_cache(ray.get_actor(name, namespace=args.namespace))
-            stopped.append(name)
-        except ValueError:  # exited on its own meanwhile
-            pass
+    stopped += stop_caches(args.namespace)
     print(f"stopped {', '.join(stopped)}" if stopped else f"nothing running in namespace '{args.namespace}'")
     return 0
 

@@ -7,7 +7,6 @@ afresh, so a cache that started or exited a second ago is seen as such.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from cache_service.api.models import ExperimentView
@@ -15,18 +14,14 @@ from cache_service.api.source import experiments_of, find_experiment
 from cache_service.status import CacheStatus, SamplerReport
 from common.errors import CacheUnavailableError, UnknownItemError
 
-CACHE_ACTOR = re.compile(r"^smartcache-[0-9a-f]+$")  # the API actor ("smartcache-api") does not match
 CALL_TIMEOUT_S = 10.0
 
 
 def cache_actor_names(namespace: str) -> list[str]:
     """Names of the cache actors alive in ``namespace``, sorted."""
-    import ray
+    from cache_service.client import cache_actor_names as names
 
-    if not ray.is_initialized():
-        raise CacheUnavailableError("smartcache", "Ray is not initialised in the API process")
-    named = ray.util.list_named_actors(all_namespaces=True)
-    return sorted(a["name"] for a in named if a["namespace"] == namespace and CACHE_ACTOR.match(a["name"]))
+    return names(namespace)
 
 
 class RaySource:

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cache_service.api import ApiSettings, create_app
-from cache_service.api.ray_source import RaySource, cache_actor_names
+from cache_service.api.ray_source import RaySource
 from common.demo_data import make_demo_data
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -78,9 +78,6 @@ def test_two_experiments_share_one_cache(ray_cluster, stats_dir, tmp_path):
         for p in procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
-        import ray
+        from cache_service.client import stop_caches
 
-        from cache_service.client import stop_cache
-
-        for name in cache_actor_names(namespace):
-            stop_cache(ray.get_actor(name, namespace=namespace))
+        stop_caches(namespace)

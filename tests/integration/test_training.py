@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from common.config import ExperimentConfig, config_from_dict
+from cache_service.client import stop_caches
+from common.config import ExperimentConfig, config_from_dict, replace_section
 from trainer.launcher import LaunchOptions, run_experiment
 
 pytestmark = pytest.mark.integration
@@ -42,23 +43,13 @@ def _rows(out: Path, kind: str) -> list[dict[str, Any]]:
     return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
 
 
-def _stop_caches(namespace: str) -> None:
-    import ray
-
-    from cache_service.client import stop_cache
-
-    for entry in ray.util.list_named_actors(all_namespaces=True):
-        if entry["namespace"] == namespace and entry["name"].startswith("smartcache-"):
-            stop_cache(ray.get_actor(entry["name"], namespace=namespace))
-
-
 @pytest.mark.timeout(240)
 def test_ddp_replicas_in_step_and_ratio_reaches_next_epoch(ray_cluster, demo_root, stats_dir, tmp_path):
     cfg = tiny_config(demo_root, stats_dir, deterministic=True)
     try:
         report = run_experiment(cfg, LaunchOptions(tmp_path / "run", show_progress=False))
     finally:
-        _stop_caches(cfg.cache.namespace)
+        stop_caches(cfg.cache.namespace)
     train, val = _rows(tmp_path / "run", "train"), _rows(tmp_path / "run", "validation")
     assert report.epochs == 3 and len(val) == 3
     for epoch in range(3):
@@ -86,7 +77,7 @@ def test_deterministic_runs_give_identical_losses(ray_cluster, demo_root, stats_
             rows = sorted(_rows(tmp_path / run, "train"), key=lambda r: (r["epoch"], r["rank"]))
             losses.append([(r["epoch"], r["rank"], r["loss"]) for r in rows])
     finally:
-        _stop_caches(cfg.cache.namespace)
+        stop_caches(cfg.cache.namespace)
     assert len(losses[0]) == 4
     assert losses[0] == losses[1]
 
@@ -95,13 +86,8 @@ def test_deterministic_runs_give_identical_losses(ray_cluster, demo_root, stats_
 def test_killed_run_resumes_from_its_checkpoint(ray_cluster, demo_root, stats_dir, tmp_path):
     cfg = tiny_config(demo_root, stats_dir, epochs=40)
     out = tmp_path / "run"
-    overrides = [f"--set=cache.stats_dir={stats_dir}", f"--set=cache.namespace={cfg.cache.namespace}",
-                 "--set=cache.task_num_cpus=0.25", "--set=preprocessing.spacing=[1.5,1.5,1.5]",
-                 "--set=data.val_fraction=0.34", "--set=sampler.patch_size=[16,16,16]",
-                 "--set=validation.roi_size=[16,16,16]", "--set=validation.num_cpus=0.2",
-                 *[f"--set=training.{k}={json.dumps(v)}" for k, v in
-                   {"num_workers": 2, "worker_num_cpus": 0.4, "channels": [4, 8], "strides": [2],
-                    "num_res_units": 0, "epochs": 40, "checkpoint_every": 1, "target_dice": 1.0}.items()]]
+    overrides = [f"--set={section}.{key}={json.dumps(value)}" for section, values in cfg.to_dict().items()
+                 if isinstance(values, dict) for key, value in values.items()]
     cmd = [sys.executable, "-m", "trainer.cli", "train", "--data", str(demo_root), "--out", str(out),
            "--address", ray_cluster, *overrides]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -114,23 +100,17 @@ def test_killed_run_resumes_from_its_checkpoint(ray_cluster, demo_root, stats_di
         time.sleep(1.0)  # let the checkpoint directory finish
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-        resumed_cfg = tiny_config(demo_root, stats_dir, epochs=2)
-        resumed_cfg = config_from_dict({**resumed_cfg.to_dict(),
-                                        "cache": {**resumed_cfg.to_dict()["cache"],
-                                                  "namespace": cfg.cache.namespace}})
         from trainer.launcher import latest_checkpoint
         checkpoint = latest_checkpoint(out)
         assert checkpoint is not None
         import torch
         saved_epoch = torch.load(Path(checkpoint.path) / "state.pt", weights_only=False)["epoch"]
-        report = run_experiment(config_from_dict({**resumed_cfg.to_dict(),
-                                                  "training": {**resumed_cfg.to_dict()["training"],
-                                                               "epochs": saved_epoch + 2}}),
+        report = run_experiment(replace_section(cfg, "training", epochs=saved_epoch + 2),
                                 LaunchOptions(out, resume=True, show_progress=False))
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        _stop_caches(cfg.cache.namespace)
+        stop_caches(cfg.cache.namespace)
     assert report.resumed_from_epoch == saved_epoch + 1
     epochs = sorted({r["epoch"] for r in _rows(out, "train")})
     assert epochs == [saved_epoch + 1]

@@ -7,10 +7,11 @@ import time
 
 import pytest
 
+from cache_service.client import stop_caches
 from common.config import config_from_dict
 from common.errors import ConfigError, DataError
 from trainer.launcher import LaunchOptions, TrainingFailedError, run_experiment
-from tests.integration.test_training import _stop_caches, tiny_config
+from tests.integration.test_training import tiny_config
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +39,7 @@ def test_patch_larger_than_every_volume(ray_cluster, demo_root, stats_dir, tmp_p
         with pytest.raises(TrainingFailedError, match="no train case .* could be prepared.*smaller than the patch"):
             run_experiment(cfg, LaunchOptions(tmp_path / "o", show_progress=False))
     finally:
-        _stop_caches(cfg.cache.namespace)
+        stop_caches(cfg.cache.namespace)
 
 
 @pytest.mark.timeout(240)
@@ -52,7 +53,7 @@ def test_cache_that_disappears_mid_run(ray_cluster, demo_root, stats_dir, tmp_pa
         while time.monotonic() < deadline:
             if list((tmp_path / "o" / "ray_results").glob("*")):  # Ray Train has started
                 time.sleep(8)
-                _stop_caches(cfg.cache.namespace)
+                stop_caches(cfg.cache.namespace)
                 return
             time.sleep(0.5)
 
