@@ -20,7 +20,7 @@ import ray
 from ray.exceptions import RayError, RayTaskError
 
 from cache_service.pool import CacheBook, PrepMeta
-from cache_service.registry import ExperimentRegistry
+from cache_service.registry import ExperimentRegistry, end_epoch, rotate_if_fair
 from cache_service.snapshot import Snapshot
 from cache_service.status import CacheStatus, SamplerReport
 from cache_service.tasks import prepare_item
@@ -133,7 +133,8 @@ class SmartCacheService:
         with self._lock:
             return CacheStatus(fingerprint=self.spec.fingerprint, name=self.spec.name,
                                experiments=self.registry.statuses(), uptime_s=time.time() - self._created,
-                               idle_s=self._idle_for(), **self.book.status_fields())
+                               idle_s=self._idle_for(), rotation_waits_for=self._waits_for(time.time()),
+                               **self.book.status_fields())
 
     def snapshot(self, experiment_id: str, epoch: int | None = None) -> Snapshot:
         """The pool now, for an epoch; the refs stay valid for as long as the caller holds them.
@@ -175,18 +176,28 @@ class SmartCacheService:
         with self._lock:
             for key in [k for k in self._epoch_snapshots if k[0] == experiment_id]:
                 del self._epoch_snapshots[key]
-            return self.registry.unregister(experiment_id, time.time())
+            gone = self.registry.unregister(experiment_id, time.time())
+            if gone:  # the pool may have been waiting only for this experiment
+                rotate_if_fair(self.registry, self.book, time.time(), self.cfg.experiment_timeout_s)
+            return gone
 
     def report_progress(self, experiment_id: str, epoch: int, metrics: dict[str, float] | None = None,
                         rotate: bool = True) -> bool:
-        """Record progress; the first report of a new round (a higher epoch than any seen) rotates the pool."""
+        """Record a finished epoch; rotate once every attached experiment is done with this generation.
+
+        The epoch's snapshot (memoised by :meth:`snapshot`) says which generation and items
+        it trained on. Fair rotation (:mod:`common.fair_rotation`): a fast experiment is
+        never waited for and never rotates items away from a slow one; it repeats the pool.
+        Returns whether the pool rotated.
+        """
         with self._lock:
-            new_round = epoch > self.registry.max_epoch()
-            self.registry.report_progress(experiment_id, epoch, metrics, time.time())
-            if rotate and new_round:
-                rot = self.book.rotate()
-                return bool(rot.entering or rot.leaving)
-        return False
+            snap = self._epoch_snapshots.get((experiment_id, epoch))
+            trained_on = (snap.generation, snap.item_ids) if snap is not None else None
+            return end_epoch(self.registry, self.book, experiment_id, epoch, metrics, trained_on, time.time(),
+                             self.cfg.experiment_timeout_s, rotate)
+
+    def _waits_for(self, now: float) -> list[str]:
+        return self.registry.holding_back(self.book.plan.generation, now, self.cfg.experiment_timeout_s)
 
     def publish_sampler(self, experiment_id: str, ratio: float, r_fp: float, r_fn: float,
                         dice_per_class: Sequence[float], mean_dice: float, epoch: int) -> SamplerReport:

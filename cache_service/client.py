@@ -77,7 +77,8 @@ def _preprocessor_bytes(catalog: Catalog, cfg: ExperimentConfig, fp: str) -> byt
     good = catalog
     for _ in range(len(catalog.train)):
         try:
-            prep = build_preprocessor(good, cfg.preprocessing, cfg.sampler.patch_size, stats_dir, fp)
+            # no patch size here: each consumer checks its own patch (a shared cache must not quarantine for one)
+            prep = build_preprocessor(good, cfg.preprocessing, None, stats_dir, fp)
             return pickle.dumps(prep)
         except DataError as err:
             left = tuple(r for r in good.train if err.path not in (r.image, r.label))
@@ -88,17 +89,21 @@ def _preprocessor_bytes(catalog: Catalog, cfg: ExperimentConfig, fp: str) -> byt
 
 
 def get_or_create_cache(catalog: Catalog, cfg: ExperimentConfig, fingerprint: str, *,
-                        actor_num_cpus: float = ACTOR_NUM_CPUS, timeout_s: float = 120.0) -> ActorHandle:
+                        actor_num_cpus: float = ACTOR_NUM_CPUS, timeout_s: float = 120.0,
+                        preprocessor: bytes | None = None) -> ActorHandle:
     """Attach to the cache for ``fingerprint`` or start it (detached, named, in ``cfg.cache.namespace``).
 
-    Creation races between drivers are settled by Ray's ``get_if_exists``: both get the same actor.
+    ``preprocessor`` (a pickled :class:`~common.preprocess.Preprocessor`) replaces the one
+    built from ``cfg.preprocessing``, e.g. for a user's own MONAI prefix; the fingerprint
+    must then cover it. Creation races between drivers are settled by Ray's
+    ``get_if_exists``: both get the same actor.
     """
     name, ns = cache_name(fingerprint), cfg.cache.namespace
     try:
         return attach(fingerprint, ns, timeout_s=timeout_s)
     except CacheUnavailableError:
         pass
-    prep = _preprocessor_bytes(catalog, cfg, fingerprint)
+    prep = preprocessor if preprocessor is not None else _preprocessor_bytes(catalog, cfg, fingerprint)
     spec = ServiceSpec(name=name, fingerprint=fingerprint, catalog=catalog, cache=cfg.cache, preprocessor=prep,
                        seed=cfg.training.seed, initial_ratio=cfg.sampler.initial_ratio)
     handle = ray.remote(SmartCacheService).options(

@@ -5,10 +5,14 @@ Plain bookkeeping with the clock passed in, so it is tested without Ray or sleep
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Sequence
 
 from cache_service.status import ExperimentStatus, SamplerReport
 from common.errors import UnknownItemError
+from common.fair_rotation import Attached, CycleProgress, advance_cycle, holding_back
+
+if TYPE_CHECKING:
+    from cache_service.pool import CacheBook
 
 
 class ExperimentRegistry:
@@ -53,6 +57,24 @@ class ExperimentRegistry:
         exp.progress.update({k: float(v) for k, v in (metrics or {}).items()})
         return exp
 
+    def record_epoch(self, experiment_id: str, generation: int, item_ids: Sequence[str],
+                     active: Collection[str]) -> ExperimentStatus:
+        """An epoch on pool ``generation`` over ``item_ids`` finished: update its fair-rotation state."""
+        exp = self.get(experiment_id)
+        if generation <= exp.done_generation:
+            exp.repeated_epochs += 1
+        exp.done_generation = max(exp.done_generation, int(generation))
+        cycle = advance_cycle(CycleProgress(frozenset(exp.cycle_seen), exp.cycles_completed), item_ids, active)
+        exp.cycle_seen, exp.cycles_completed = sorted(cycle.seen), cycle.cycles_completed
+        exp.cycle_coverage = cycle.coverage(active)
+        return exp
+
+    def holding_back(self, generation: int, now: float, stale_after_s: float) -> list[str]:
+        """Attached experiments that the rotation to the next generation still waits for."""
+        attached = {k: Attached(e.done_generation, e.last_report_at or e.registered_at)
+                    for k, e in self._experiments.items()}
+        return holding_back(generation, attached, now, stale_after_s)
+
     def publish_sampler(self, experiment_id: str, ratio: float, r_fp: float, r_fn: float,
                         dice_per_class: Sequence[float], mean_dice: float, epoch: int, now: float) -> SamplerReport:
         """Store a sampler update; the next ``get_ratio`` returns its ratio."""
@@ -68,8 +90,27 @@ class ExperimentRegistry:
         """The experiment's current pos/neg ratio: its initial ratio until the first publish."""
         return self.get(experiment_id).ratio
 
-    def max_epoch(self) -> int:
-        return max((e.epoch for e in self._experiments.values()), default=-1)
-
     def statuses(self) -> list[ExperimentStatus]:
         return [e.model_copy(deep=True) for e in self._experiments.values()]
+
+
+def end_epoch(registry: ExperimentRegistry, book: "CacheBook", experiment_id: str, epoch: int,
+              metrics: dict[str, float] | None, trained_on: tuple[int, Sequence[str]] | None, now: float,
+              stale_after_s: float, rotate: bool = True) -> bool:
+    """An experiment finished ``epoch`` on ``trained_on`` = (generation, item ids); rotate if that is fair.
+
+    The pool rotates only when every live attached experiment has completed an epoch on
+    the current generation (:mod:`common.fair_rotation`). Returns whether it rotated.
+    """
+    registry.report_progress(experiment_id, epoch, metrics, now)
+    if trained_on is not None:
+        registry.record_epoch(experiment_id, trained_on[0], trained_on[1], book.plan.pool + book.plan.waiting)
+    return rotate and rotate_if_fair(registry, book, now, stale_after_s)
+
+
+def rotate_if_fair(registry: ExperimentRegistry, book: "CacheBook", now: float, stale_after_s: float) -> bool:
+    """Rotate when someone is attached and nobody live is still owed the current generation."""
+    if not len(registry) or registry.holding_back(book.plan.generation, now, stale_after_s):
+        return False
+    rot = book.rotate()
+    return bool(rot.entering or rot.leaving)

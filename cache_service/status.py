@@ -28,6 +28,12 @@ class ExperimentStatus(BaseModel):
     progress: dict[str, float] = Field(default_factory=dict)
     ratio: float
     sampler_history: list[SamplerReport] = Field(default_factory=list)
+    # fair rotation (common.fair_rotation): the pool rotates once every attached experiment is done with it
+    done_generation: int = -1  # newest pool generation this experiment completed an epoch on
+    repeated_epochs: int = 0  # epochs that re-used a generation it had already completed (a fast one repeats)
+    cycle_seen: list[str] = Field(default_factory=list)  # training items seen since its current cycle began
+    cycles_completed: int = 0  # full passes over every (not quarantined) training item
+    cycle_coverage: float = 0.0  # len(cycle_seen) / training items, for the current cycle
 
 
 class QuarantinedItem(BaseModel):
@@ -67,5 +73,6 @@ class CacheStatus(BaseModel):
     disk_rejected: list[str] = Field(default_factory=list)
     quarantined: list[QuarantinedItem] = Field(default_factory=list)
     experiments: list[ExperimentStatus] = Field(default_factory=list)
+    rotation_waits_for: list[str] = Field(default_factory=list)  # experiments still owed the current generation
     uptime_s: float = 0.0
     idle_s: float = 0.0  # seconds with no experiment attached (0 while one is)

@@ -150,10 +150,14 @@ def file_identity(path: str) -> tuple[str, int, int]:
     return (path, st.st_size, st.st_mtime_ns)
 
 
-def fingerprint(catalog: Catalog, prep: PreprocessConfig) -> str:
-    """Hash of the preprocessing config and every file's identity; names the shared cache."""
+def fingerprint(catalog: Catalog, prep: PreprocessConfig, chain: str | None = None) -> str:
+    """Hash of the preprocessing and every file's identity; names the shared cache.
+
+    ``chain`` is the identity of a user's own cached MONAI prefix
+    (:func:`common.chain.chain_identity`); it then replaces the project's preprocessing config.
+    """
     payload = {
-        "preprocessing": asdict(prep),
+        "preprocessing": asdict(prep) if chain is None else {"user_chain": chain},
         "labels": list(catalog.labels),
         "modality": catalog.modality,
         "files": [(r.item_id, file_identity(r.image), file_identity(r.label))

@@ -128,6 +128,8 @@ class CacheConfig:
     namespace: str = "smartcache"
     stats_dir: str | None = None  # where dataset-wide CT statistics are kept; None: ~/.cache/smartcache-seg
     enabled: bool = True  # false: trainers load and preprocess every volume every epoch (the baseline)
+    # an attached experiment silent this long (crashed without detaching) no longer holds back the rotation
+    experiment_timeout_s: float = 1800.0
 
     def __post_init__(self) -> None:
         if self.cache_num is not None:
@@ -138,6 +140,8 @@ class CacheConfig:
         _check(int(self.byte_budget) > 0, "cache.byte_budget", self.byte_budget, "a positive byte count")
         _check(self.replace_workers >= 1, "cache.replace_workers", self.replace_workers, "an integer >= 1")
         _check(self.idle_timeout_s > 0, "cache.idle_timeout_s", self.idle_timeout_s, "seconds > 0")
+        _check(self.experiment_timeout_s > 0, "cache.experiment_timeout_s", self.experiment_timeout_s,
+               "seconds > 0 (longer than the slowest experiment's epoch)")
         _check(0 < self.task_num_cpus <= 64, "cache.task_num_cpus", self.task_num_cpus, "a CPU share in (0, 64]")
 
     def stats_path(self) -> Path:

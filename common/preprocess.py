@@ -154,21 +154,38 @@ def compute_intensity_stats(records: Sequence[Record], num_classes: int, percent
     return stats
 
 
+def _channel_first(d: dict, key: str, item_id: str) -> np.ndarray:
+    arr = d[key]
+    arr = arr.detach().cpu().numpy() if isinstance(arr, torch.Tensor) else np.asarray(arr)
+    if arr.ndim != 4:
+        raise DataError(d.get(f"{key}_path", item_id), f"the cached prefix gave '{key}' with shape {arr.shape}; "
+                        "it must be channel-first (C, X, Y, Z): add EnsureChannelFirstd to the chain")
+    return arr
+
+
 def finish_volume(d: dict, item_id: str, num_classes: int, patch_size: Sequence[int] | None,
                   seconds: float) -> PreparedVolume:
-    """Turn the chain's output dict into a PreparedVolume, checking it can hold one patch."""
-    image = np.ascontiguousarray(d["image"].detach().cpu().numpy(), dtype=np.float32)
-    label = np.ascontiguousarray(d["label"].detach().cpu().numpy()).astype(np.uint8)
-    if patch_size is not None and any(s < p for s, p in zip(image.shape[1:], patch_size)):
-        raise DataError(d.get("image_path", item_id), f"volume is {image.shape[1:]} voxels after resampling, "
-                                                     f"smaller than the patch {tuple(patch_size)}; lower "
-                                                     "sampler.patch_size or the target spacing")
+    """Turn the chain's output dict into a PreparedVolume (``patch_size``: also check it holds one patch).
+
+    Works for the project's chain and for a user's MONAI prefix (``LoadImaged`` ...), which
+    keeps the source affine and shape in the image's MetaTensor metadata instead.
+    """
+    image = np.ascontiguousarray(_channel_first(d, "image", item_id), dtype=np.float32)
+    label = np.ascontiguousarray(np.rint(_channel_first(d, "label", item_id))).astype(np.uint8)
+    meta = getattr(d["image"], "meta", None) or {}
+    affine = np.asarray(getattr(d["image"], "affine", np.eye(4)), dtype=np.float64)
+    original_affine = d.get("original_affine", meta.get("original_affine", affine))
+    original_shape = d.get("original_shape", meta.get("spatial_shape", image.shape[1:]))
     indices, counts = class_voxel_indices(label, num_classes, image.nbytes)
-    return PreparedVolume(
+    vol = PreparedVolume(
         item_id=item_id, image=image, label=label, class_indices=indices, class_counts=counts,
-        affine=np.asarray(d["image"].affine, dtype=np.float64), original_affine=np.asarray(d["original_affine"]),
-        original_shape=tuple(d["original_shape"]), prep_seconds=seconds,
-        source={"image": d.get("image_path", ""), "label": d.get("label_path", "")})
+        affine=affine, original_affine=np.asarray(original_affine, dtype=np.float64),
+        original_shape=tuple(int(s) for s in np.asarray(original_shape).reshape(-1)), prep_seconds=seconds,
+        source={"image": str(d.get("image_path", meta.get("filename_or_obj", ""))),
+                "label": str(d.get("label_path", ""))})
+    if patch_size is not None:
+        vol.require_fits(patch_size)
+    return vol
 
 
 class Preprocessor:
@@ -191,6 +208,7 @@ class Preprocessor:
             if isinstance(cause, DataError):
                 raise cause from None
             raise DataError(record.image, f"preprocessing failed: {type(err).__name__}: {err}") from err
+        out = {"image_path": record.image, "label_path": record.label, **out}
         return finish_volume(out, record.item_id, self.num_classes, self.patch_size, time.perf_counter() - start)
 
 

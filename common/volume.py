@@ -10,7 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from typing import Sequence
+
 import numpy as np
+
+from common.errors import DataError
 
 #: the index arrays together may use at most this share of the image's own bytes
 INDEX_BYTE_SHARE = 0.25
@@ -43,6 +47,18 @@ class PreparedVolume:
     def nbytes(self) -> int:
         """Bytes this volume occupies in the object store (arrays only; metadata is tiny)."""
         return int(self.image.nbytes + self.label.nbytes + sum(i.nbytes for i in self.class_indices))
+
+    def require_fits(self, patch_size: Sequence[int]) -> None:
+        """Raise a :class:`DataError` naming the file when this volume is smaller than a consumer's patch.
+
+        Checked by each consumer for its own patch (never by the shared cache), so one
+        experiment's patch size cannot quarantine items for another.
+        """
+        if any(s < p for s, p in zip(self.spatial_shape, patch_size)):
+            raise DataError(self.source.get("image") or self.item_id,
+                            f"volume is {self.spatial_shape} voxels after preprocessing, smaller than this "
+                            f"experiment's patch {tuple(int(p) for p in patch_size)}; lower the patch size "
+                            "(sampler.patch_size) or the target spacing")
 
     def foreground_indices(self) -> np.ndarray:
         """Flat indices of voxels of any foreground class (the positive crop centres)."""

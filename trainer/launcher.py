@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,8 @@ import ray.train
 from ray.train import CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from cache_service.client import call, get_or_create_cache, wait_until_ready
-from common.catalog import Catalog, fingerprint, load_catalog
+from cache_service.sdk import SmartCache
+from common.catalog import Catalog, load_catalog
 from common.config import ExperimentConfig
 from common.errors import CacheUnavailableError, ConfigError, SmartCacheError
 from common.preprocess import build_preprocessor
@@ -149,23 +148,23 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
     if not catalog.val:
         raise ConfigError("data.val_fraction", cfg.data.val_fraction, "a split with at least one validation case")
     check_fits_cluster(cfg)
-    fp = fingerprint(catalog, cfg.preprocessing)
-    experiment_id = f"{cfg.name}-{uuid.uuid4().hex[:6]}"
-    cache = get_or_create_cache(catalog, cfg, fp)
+    cache = SmartCache.from_config(cfg, catalog=catalog, wait=False)
+    fp = cache.fingerprint
     t_fill = time.time()
-    status = wait_until_ready(cache, progress=opts.show_progress)
+    status = cache.wait_until_ready(progress=opts.show_progress)
     for q in status.quarantined:
         print(f"warning: {q.item_id} ({q.split}) is quarantined and left out: {q.error}")
     _require_usable(status, catalog)
     fill_s = time.time() - t_fill
-    call(cache, "register", experiment_id, {"name": cfg.name, "lr": cfg.training.lr,
-                                            "optimizer": cfg.training.optimizer})
+    exp = cache.experiment(cfg.name, steps=cfg.training.steps_per_epoch,
+                           info={"lr": cfg.training.lr, "optimizer": cfg.training.optimizer}).open()
+    experiment_id = exp.id
     num_classes, in_channels = catalog.num_classes, in_channels_of(catalog)
     validator = ray.remote(ValidationService).options(
         name=f"validator-{experiment_id}", namespace=cfg.cache.namespace, num_cpus=cfg.validation.num_cpus,
         max_concurrency=2, num_gpus=0).remote(cfg.to_dict(), fp, experiment_id, num_classes, in_channels, t_start)
     resume_from = latest_checkpoint(opts.out_dir) if opts.resume else None
-    loop_config = {"experiment": cfg.to_dict(), "fingerprint": fp, "experiment_id": experiment_id,
+    loop_config = {"experiment": cfg.to_dict(), "experiment_handle": exp,
                    "validator_name": f"validator-{experiment_id}", "num_classes": num_classes,
                    "in_channels": in_channels, "t_start": t_start,
                    "resume_from": resume_from.path if resume_from is not None else None}
@@ -188,7 +187,7 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
     finally:
         ray.kill(validator)
         try:
-            call(cache, "unregister", experiment_id)
+            exp.close()
         except CacheUnavailableError:
             pass
     resumed = None

@@ -18,7 +18,7 @@ import numpy as np
 import ray
 import torch
 
-from cache_service.client import attach, call
+from cache_service.sdk import protocol
 from common.config import config_from_dict
 from common.volume import PreparedVolume
 from trainer.validation import ValidationResult, Validator, predict_volume
@@ -29,7 +29,7 @@ class ValidationService:
                  in_channels: int, t_start: float) -> None:
         self.cfg = config_from_dict(experiment)
         self.experiment_id, self.t_start = experiment_id, t_start
-        self.cache = attach(fingerprint, self.cfg.cache.namespace)
+        self.cache = protocol.attach(fingerprint, self.cfg.cache.namespace)
         self.validator = Validator(self.cfg, num_classes, in_channels, publish=self._publish)
         self._lock = threading.Lock()
         self._rows: list[dict[str, Any]] = []
@@ -40,14 +40,15 @@ class ValidationService:
 
     def _volumes_from_cache(self) -> list[PreparedVolume]:
         if self._volumes is None:
-            snap = call(self.cache, "val_snapshot")
+            snap = protocol.validation_snapshot(self.cache)
             self._val_refs = snap.refs  # holding the refs keeps the volumes readable
             self._volumes = [ray.get(r) for r in snap.refs]
         return self._volumes
 
     def _publish(self, result: ValidationResult) -> None:
-        call(self.cache, "publish_sampler", self.experiment_id, result.ratio, result.r_fp, result.r_fn,
-             list(result.dice_per_class), result.mean_dice, result.epoch)
+        numbers = protocol.ValidationNumbers(result.dice_per_class, result.mean_dice, result.r_fp, result.r_fn,
+                                             result.ratio)
+        protocol.publish_ratio(self.cache, self.experiment_id, result.epoch, numbers)
 
     def validate(self, epoch: int, weights: dict[str, torch.Tensor], train_time_s: float) -> dict[str, Any]:
         with self._lock:  # one validation at a time; best() stays answerable

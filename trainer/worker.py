@@ -1,9 +1,11 @@
 """The per-worker training loop that Ray Train runs under DDP (nanoGPT-style, top to bottom).
 
-Each epoch: take this experiment's cache snapshot (the same for every rank), cut crops
-from this rank's shard with the ratio the validation actor published, train, then rank 0
-hands the weights to the validation actor, checkpoints, and decides with the others
-whether the target Dice has been reached.
+It uses the same public client as any user's loop (:class:`cache_service.sdk.Experiment`,
+protocol in :mod:`cache_service.sdk.protocol`). Each epoch: iterate this rank's crop
+batches of the experiment's epoch snapshot (the same pool for every rank, cropped with
+the ratio the validation actor published), train, then rank 0 reports the epoch to the
+cache, hands the weights to the validation actor, checkpoints, and decides with the
+others whether the target Dice has been reached.
 """
 
 from __future__ import annotations
@@ -13,16 +15,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
 import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from cache_service.client import attach, call
+from cache_service.sdk import Experiment
 from common.config import config_from_dict
-from trainer.datapath import CropBatchStream
 from trainer.model import AmpPolicy, build_loss, build_model, build_optimizer
 from trainer.steps import run_epoch, seed_everything
 
@@ -90,24 +90,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     scaler = amp.scaler()
     start_epoch = _restore(model, optimizer, scaler, config.get("resume_from"))
 
-    cache = attach(config["fingerprint"], cfg.cache.namespace)
+    exp: Experiment = config["experiment_handle"]
+    if not cfg.cache.enabled:  # the baseline: this worker loads and preprocesses every volume every epoch
+        exp = exp.without_cache(config["records"], config["preprocessor"])
     validator = ray.get_actor(config["validator_name"], namespace=cfg.cache.namespace)
-    experiment_id, t_start = config["experiment_id"], config["t_start"]
+    t_start = config["t_start"]
     pending, last_validated = None, start_epoch - cfg.validation.interval
     for epoch in range(start_epoch, cfg.training.epochs):
-        snap = call(cache, "snapshot", experiment_id, epoch=epoch)
-        items, fetch = (snap.refs, ray.get) if cfg.cache.enabled else (config["records"], config["preprocessor"])
-        rng = np.random.default_rng([cfg.training.seed, epoch, rank])
-        with CropBatchStream(items, fetch, snap.ratio, cfg.sampler, cfg.augmentation, cfg.training.batch_size,
-                             seed=cfg.training.seed, rng=rng, rank=rank, world_size=world, epoch=epoch,
-                             steps=cfg.training.steps_per_epoch) as batches:
-            stats = run_epoch(model, batches, loss_fn, optimizer, amp, scaler, device, epoch, snap.ratio,
-                              snap.generation)
+        with exp.batches(epoch, rank=rank, world_size=world) as batches:
+            stats = run_epoch(model, batches, loss_fn, optimizer, amp, scaler, device, epoch, batches.ratio,
+                              batches.generation)
             stats.wait_seconds = batches.wait_seconds
 
         stop = False
         if rank == 0:
-            call(cache, "report_progress", experiment_id, epoch, {"loss": stats.loss})
+            exp.finish_epoch(epoch, {"loss": stats.loss}, rank=rank)
             if pending is not None and ray.wait([pending], timeout=0)[0]:
                 ray.get(pending)  # a validation that failed stops the run with its error
                 pending = None

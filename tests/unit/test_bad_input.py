@@ -107,12 +107,16 @@ def test_nan_intensities(tmp_path, make_case, make_dataset):
     assert info.value.path == rec.image
 
 
-def test_volume_smaller_than_patch(tmp_path, make_case, make_dataset):
+def test_volume_smaller_than_patch_is_each_consumers_check(tmp_path, make_case, make_dataset):
     item, _, _ = _good(make_case, tmp_path)
     rec = _catalog(tmp_path, make_dataset, [item]).train[0]
-    with pytest.raises(DataError, match="smaller than the patch") as info:
-        _prep(patch=(64, 64, 64))(rec)
+    vol = _prep()(rec)  # the shared cache prepares it without knowing any patch size
+    vol.require_fits((16, 16, 16))  # an experiment with small patches uses it
+    with pytest.raises(DataError, match="smaller than this experiment's patch") as info:
+        vol.require_fits((64, 64, 64))  # one with large patches gets an error naming the file
     assert info.value.path == rec.image
+    with pytest.raises(DataError, match="smaller than this experiment's patch"):
+        _prep(patch=(64, 64, 64))(rec)  # the no-cache baseline checks while it prepares
 
 
 @pytest.mark.parametrize("drop", ["labels", "modality", "training"])

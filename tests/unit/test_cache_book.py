@@ -92,7 +92,7 @@ def test_registry_ratio_history_and_idle_clock() -> None:
     reg.publish_sampler("a", 2.0, 0.1, 0.3, [0.95, 0.7], 0.82, epoch=3, now=20.0)
     assert reg.get_ratio("a") == 2.0 and reg.get("a").sampler_history[0].mean_dice == 0.82
     reg.report_progress("b", 4, {"loss": 0.3}, now=21.0)
-    assert reg.max_epoch() == 4 and reg.statuses()[1].progress == {"loss": 0.3}
+    assert reg.get("b").epoch == 4 and reg.statuses()[1].progress == {"loss": 0.3}
     with pytest.raises(UnknownItemError):
         reg.get_ratio("zzz")
     assert reg.unregister("a", now=30.0) and reg.last_detach is None or len(reg) == 1

@@ -1,0 +1,29 @@
+"""Use the shared SmartCache from your own training loop (plain PyTorch, MONAI, Lightning, Ray Train).
+
+Imports torch and MONAI: the cache actor's process never imports this package (see
+``cache_service/__init__.py``, which re-exports these names lazily).
+"""
+
+from cache_service.sdk.api import Experiment, SmartCache
+from cache_service.sdk.batches import ConsumerSettings, CropBatches, CropDataset, apply_suffix
+from cache_service.sdk.protocol import ValidationNumbers
+from cache_service.snapshot import Snapshot
+from cache_service.status import CacheStatus, ExperimentStatus, SamplerReport
+from common.chain import CropSpec, UserChain, split_user_chain
+
+__all__ = [
+    "CacheStatus",
+    "ConsumerSettings",
+    "CropBatches",
+    "CropDataset",
+    "CropSpec",
+    "Experiment",
+    "ExperimentStatus",
+    "SamplerReport",
+    "SmartCache",
+    "Snapshot",
+    "UserChain",
+    "ValidationNumbers",
+    "apply_suffix",
+    "split_user_chain",
+]

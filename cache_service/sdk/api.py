@@ -1,0 +1,247 @@
+"""The typed client: connect to (or start) the shared cache, open an experiment, iterate its crops.
+
+::
+
+    cache = SmartCache.connect("Task09_Spleen/", transforms=my_compose, cache_num=24, replace_rate=0.25)
+    with cache.experiment("lr-1e-3", patch_size=(96, 96, 96), batch_size=2) as exp:
+        for epoch in range(epochs):
+            for batch in exp.batches(epoch, rank=rank, world_size=world):
+                ...
+            exp.finish_epoch(epoch, rank=rank)
+            exp.report_validation(epoch, preds, labels)   # r_FP, r_FN, the next ratio, published
+
+Every call to the cache goes through :mod:`cache_service.sdk.protocol`. An
+:class:`Experiment` pickles (fingerprint, namespace, id, settings), so it can be handed to
+Ray Train workers in ``train_loop_config``; only the object that opened it detaches it.
+"""
+
+from __future__ import annotations
+
+import pickle
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import ray
+from monai.transforms import Compose
+from ray.actor import ActorHandle
+
+from cache_service import client
+from cache_service.sdk import protocol
+from cache_service.sdk.batches import ConsumerSettings, CropBatches, CropDataset
+from cache_service.snapshot import Snapshot
+from cache_service.status import CacheStatus, ExperimentStatus, SamplerReport
+from common.catalog import Catalog, Record, fingerprint, load_catalog
+from common.chain import UserChain, split_user_chain
+from common.config import AugmentConfig, ExperimentConfig, SamplerConfig, config_from_dict
+from common.preprocess import Preprocessor
+from common.volume import PreparedVolume
+
+
+def _init_ray(address: str | None) -> None:
+    """Join the cluster at ``address`` ("auto": the running one), or start a local one for ``None``."""
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+
+
+class Experiment:
+    """One experiment attached to a cache: its id, its crop settings and the per-epoch calls."""
+
+    def __init__(self, fingerprint: str, namespace: str, experiment_id: str, settings: ConsumerSettings,
+                 num_classes: int, info: dict[str, Any] | None = None) -> None:
+        self.fingerprint, self.namespace, self.id = fingerprint, namespace, experiment_id
+        self.settings, self.num_classes, self.info = settings, num_classes, dict(info or {})
+        self._cache: ActorHandle | None = None
+        self._owner = False  # True in the object that registered (it alone unregisters)
+        self._uncached: tuple[list[Record], Callable[[Record], PreparedVolume]] | None = None
+        self._val_refs: tuple[Any, ...] = ()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(_cache=None, _owner=False, _val_refs=())  # a copy in a worker never detaches
+        return state
+
+    @property
+    def cache(self) -> ActorHandle:
+        if self._cache is None:
+            self._cache = protocol.attach(self.fingerprint, self.namespace)
+        return self._cache
+
+    # ---- attach / detach ----------------------------------------------------------------------
+    def open(self) -> "Experiment":
+        """Register with the cache (the pool will not rotate away from this experiment unseen)."""
+        protocol.register(self.cache, self.id, self.info)
+        self._owner = True
+        return self
+
+    def close(self) -> None:
+        """Unregister (only the object that opened it does; copies in workers do nothing)."""
+        if self._owner:
+            self._owner = False
+            protocol.unregister(self.cache, self.id)
+
+    def __enter__(self) -> "Experiment":
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- one epoch ----------------------------------------------------------------------------
+    def snapshot(self, epoch: int) -> Snapshot:
+        """The pool for ``epoch`` (same for every rank) and this experiment's current ratio."""
+        return protocol.epoch_snapshot(self.cache, self.id, epoch)
+
+    def batches(self, epoch: int, *, rank: int = 0, world_size: int = 1,
+                patch_size: Sequence[int] | None = None, batch_size: int | None = None,
+                samples_per_volume: int | None = None, steps: int | None = None) -> CropBatches:
+        """This rank's crop batches for ``epoch``: dicts of ``image`` (B, C, *patch) float32,
+        ``label`` (B, 1, *patch) uint8 and ``positive`` (B,) bool. Use ``with`` or iterate to the end.
+
+        Raises :class:`~common.errors.DataError` if a volume is smaller than ``patch_size``.
+        """
+        settings = self.settings.with_overrides(patch_size=patch_size, batch_size=batch_size,
+                                                samples_per_volume=samples_per_volume, steps=steps)
+        snap = self.snapshot(epoch)
+        items, fetch = self._uncached if self._uncached is not None else (None, None)
+        return protocol.crop_batches(snap, settings, epoch=epoch, rank=rank, world_size=world_size,
+                                     items=items, fetch=fetch)
+
+    def dataset(self, *, rank: int | None = None, world_size: int | None = None, **overrides: Any) -> CropDataset:
+        """An ``IterableDataset`` of batches (``DataLoader(ds, batch_size=None, pin_memory=True)``)."""
+        return CropDataset(self, rank=rank, world_size=world_size, **overrides)
+
+    def finish_epoch(self, epoch: int, metrics: dict[str, float] | None = None, *, rank: int = 0) -> bool:
+        """Say the epoch is done; only rank 0's call is sent (safe to call on every rank).
+
+        Returns whether the pool rotated: it rotates once every attached experiment has
+        trained on the current generation; until then this one repeats the same pool.
+        """
+        return rank == 0 and protocol.finish_epoch(self.cache, self.id, epoch, metrics)
+
+    # ---- validation and the adaptive ratio ----------------------------------------------------
+    def validation_volumes(self) -> list[PreparedVolume]:
+        """The cached validation volumes (read-only views into shared memory; kept readable by this object)."""
+        snap = protocol.validation_snapshot(self.cache)
+        self._val_refs = snap.refs
+        return [ray.get(r) for r in snap.refs]
+
+    def report_validation(self, epoch: int, pred: Any, label: Any) -> SamplerReport:
+        """Measure Dice, r_FP, r_FN on class maps (one array, or lists of per-case arrays) and publish the next ratio."""
+        preds, labels = (pred, label) if isinstance(pred, (list, tuple)) else ([pred], [label])
+        numbers = protocol.validation_numbers(preds, labels, self.num_classes, self.settings.sampler, self.ratio)
+        return protocol.publish_ratio(self.cache, self.id, epoch, numbers)
+
+    def publish_validation(self, epoch: int, numbers: protocol.ValidationNumbers) -> SamplerReport:
+        """Publish numbers measured elsewhere (the project's validation actor measures its own)."""
+        return protocol.publish_ratio(self.cache, self.id, epoch, numbers)
+
+    @property
+    def ratio(self) -> float:
+        """The pos/neg ratio the next epoch will crop with."""
+        return protocol.current_ratio(self.cache, self.id)
+
+    def status(self) -> ExperimentStatus:
+        """This experiment as the cache sees it: epoch, ratio, sampler history, cycle coverage."""
+        return protocol.experiment_status(self.cache, self.id)
+
+    def without_cache(self, records: Sequence[Record], preprocessor: Callable[[Record], PreparedVolume]
+                      ) -> "Experiment":
+        """A copy that loads and preprocesses ``records`` itself every epoch (the no-cache baseline);
+        snapshots still come from the cache, for the ratio and the epoch bookkeeping."""
+        twin = pickle.loads(pickle.dumps(self))
+        twin._uncached = (list(records), preprocessor)
+        return twin
+
+
+class SmartCache:
+    """A connection to the shared cache of one dataset and one deterministic transform prefix."""
+
+    def __init__(self, config: ExperimentConfig, catalog: Catalog, fingerprint: str, handle: ActorHandle,
+                 chain: UserChain | None = None) -> None:
+        self.config, self.catalog, self.fingerprint, self.chain = config, catalog, fingerprint, chain
+        self._handle = handle
+
+    @classmethod
+    def connect(cls, dataset: str | Path, transforms: Compose | Sequence[Callable] | None = None, *,
+                cache_num: int | None = None, cache_rate: float = 1.0, replace_rate: float = 0.2,
+                val_fraction: float = 0.2, address: str | None = "auto", namespace: str = "smartcache",
+                byte_budget: int | str = "8GiB", disk_dir: str | None = None, wait: bool = True,
+                progress: bool = False, settings: dict[str, Any] | None = None) -> "SmartCache":
+        """Attach to (or start) the cache for an MSD-layout ``dataset`` folder and a transform chain.
+
+        ``transforms``: a MONAI ``Compose`` of dictionary transforms over keys ``image`` and
+        ``label`` (paths in). It is split at its first random transform: the cache runs the
+        prefix, each consumer runs the rest on its crops (see :mod:`common.chain`). ``None``
+        uses the project's own chain (orientation, spacing, CT/MRI normalisation, configured
+        by ``settings["preprocessing"]``). ``address``: ``"auto"`` joins the running Ray
+        cluster, ``None`` starts a local one; ignored when Ray is already initialised.
+        ``settings``: any further config sections as a dict (see ``common.config``).
+        """
+        raw = dict(settings or {})
+        raw["data"] = {"dataset_dir": str(dataset), "val_fraction": val_fraction, **raw.get("data", {})}
+        raw["cache"] = {"cache_num": cache_num, "cache_rate": cache_rate, "replace_rate": replace_rate,
+                        "namespace": namespace, "byte_budget": byte_budget, "disk_dir": disk_dir,
+                        **raw.get("cache", {})}
+        _init_ray(address)
+        return cls.from_config(config_from_dict(raw), transforms=transforms, wait=wait, progress=progress)
+
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig, *, catalog: Catalog | None = None,
+                    transforms: Compose | Sequence[Callable] | None = None, wait: bool = True,
+                    progress: bool = False, actor_num_cpus: float = client.ACTOR_NUM_CPUS) -> "SmartCache":
+        """The same from a full :class:`~common.config.ExperimentConfig` (what ``smartcache train`` uses)."""
+        catalog = catalog or load_catalog(cfg.data.dataset_dir, cfg.data)
+        chain, prep_bytes = None, None
+        if transforms is not None:
+            chain = split_user_chain(transforms)
+            prep = Preprocessor(cfg.preprocessing, catalog.num_classes, "none", None, chain=chain.prefix)
+            prep_bytes = pickle.dumps(prep)
+        fp = fingerprint(catalog, cfg.preprocessing, chain.identity if chain else None)
+        handle = client.get_or_create_cache(catalog, cfg, fp, actor_num_cpus=actor_num_cpus, preprocessor=prep_bytes)
+        cache = cls(cfg, catalog, fp, handle, chain)
+        if wait:
+            client.wait_until_ready(handle, progress=progress)
+        return cache
+
+    def status(self) -> CacheStatus:
+        """Pool, budget, rotations, quarantine and every attached experiment (with its cycle coverage)."""
+        return client.call(self._handle, "status")
+
+    def wait_until_ready(self, timeout_s: float = 600.0, progress: bool = False) -> CacheStatus:
+        return client.wait_until_ready(self._handle, timeout_s=timeout_s, progress=progress)
+
+    def experiment(self, name: str, *, patch_size: Sequence[int] | None = None, batch_size: int | None = None,
+                   samples_per_volume: int | None = None, initial_ratio: float | None = None,
+                   steps: int | None = None, sampler: SamplerConfig | None = None,
+                   augment: AugmentConfig | None = None, seed: int | None = None,
+                   info: dict[str, Any] | None = None, unique: bool = True) -> Experiment:
+        """A new experiment on this cache (``with`` attaches and detaches it).
+
+        Crop settings default to the config's sampler, then to the chain's
+        ``RandCropByPosNegLabeld`` (patch size, samples per volume, pos/neg as the start ratio),
+        then to the explicit arguments here. ``unique`` appends a short random suffix to the id.
+        """
+        cfg = self.config
+        sampler = sampler or cfg.sampler
+        crop = self.chain.crop if self.chain is not None else None
+        if crop is not None:
+            lo, hi = sampler.ratio_bounds
+            sampler = replace(sampler, patch_size=crop.patch_size, samples_per_volume=crop.samples_per_volume,
+                              initial_ratio=min(hi, max(lo, crop.initial_ratio)))
+        if initial_ratio is not None:
+            sampler = replace(sampler, initial_ratio=initial_ratio)
+        settings = ConsumerSettings(sampler=sampler, augment=augment or cfg.augmentation,
+                                    batch_size=cfg.training.batch_size, seed=cfg.training.seed if seed is None else seed,
+                                    suffix=self.chain.suffix if self.chain is not None else None)
+        settings = settings.with_overrides(patch_size=patch_size, batch_size=batch_size,
+                                           samples_per_volume=samples_per_volume, steps=steps)
+        experiment_id = f"{name}-{uuid.uuid4().hex[:6]}" if unique else name
+        details = {"name": name, "initial_ratio": settings.sampler.initial_ratio,
+                   "patch_size": list(settings.sampler.patch_size), **(info or {})}
+        return Experiment(self.fingerprint, cfg.cache.namespace, experiment_id, settings, self.catalog.num_classes,
+                          details)
+
+    def stop(self) -> None:
+        """Stop the cache actor for every experiment attached to it (frees the object store)."""
+        client.stop_cache(self._handle)

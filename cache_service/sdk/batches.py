@@ -1,0 +1,172 @@
+"""The consumer side of an epoch: this rank's shard of a snapshot as crop batches, and a DataLoader form.
+
+:class:`CropBatches` wraps :class:`trainer.datapath.CropBatchStream` (the background crop
+producer) and adds what belongs to one consumer rather than to the shared cache:
+
+* the patch-size check: a volume smaller than *this* experiment's patch raises a
+  :class:`~common.errors.DataError` naming the file (it is not padded, and it is not
+  quarantined at the cache, where it would be lost to experiments with smaller patches);
+* the user's random MONAI suffix, run on every crop after the service's pos/neg crop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import ray
+import torch
+from monai.transforms import Compose
+from torch.utils.data import IterableDataset, get_worker_info
+
+from cache_service.snapshot import Snapshot
+from common.config import AugmentConfig, SamplerConfig
+from common.errors import ConfigError, SmartCacheError
+from common.volume import PreparedVolume
+from trainer.datapath import Batch, BatchProducerError, CropBatchStream
+
+NO_AUGMENT = AugmentConfig(flip_prob=0.0, shift_prob=0.0)
+
+
+@dataclass(frozen=True)
+class ConsumerSettings:
+    """How one experiment turns volumes into batches; everything here is per experiment, never at the cache."""
+
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # the service's own flip / intensity shift
+    batch_size: int = 2
+    seed: int = 0
+    steps: int | None = None  # batches per rank and epoch; None: one pass over the shard
+    suffix: Compose | None = None  # the user's random MONAI transforms, run on each crop
+
+    def with_overrides(self, **kw: Any) -> "ConsumerSettings":
+        """A copy with the given (non-None) values; ``patch_size`` and ``samples_per_volume`` go to the sampler."""
+        sampler_kw = {k: kw.pop(k) for k in ("patch_size", "samples_per_volume") if kw.get(k) is not None}
+        sampler = replace(self.sampler, **{k: tuple(v) if k == "patch_size" else v for k, v in sampler_kw.items()})
+        return replace(self, sampler=sampler, **{k: v for k, v in kw.items() if v is not None})
+
+
+def _tensor(x: Any) -> torch.Tensor:
+    """A plain tensor from a MONAI transform's output (a MetaTensor or numpy array)."""
+    t = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+    return t
+
+
+def apply_suffix(batch: Batch, suffix: Compose) -> Batch:
+    """Run the user's random dictionary transforms on every crop of a batch, one crop at a time."""
+    images, labels = [], []
+    for image, label in zip(batch["image"], batch["label"]):
+        out = suffix({"image": image, "label": label})
+        if isinstance(out, list):
+            raise ConfigError("transforms", type(out).__name__, "the suffix returned several samples per crop; "
+                              "only the RandCropByPosNegLabeld (done by the service) may make several")
+        images.append(_tensor(out["image"]).to(torch.float32))
+        labels.append(_tensor(out["label"]).to(label.dtype))
+    return {**batch, "image": torch.stack(images), "label": torch.stack(labels)}
+
+
+class CropBatches:
+    """Iterator over one rank's crop batches for one epoch; use as a context manager (stops the producer)."""
+
+    def __init__(self, snapshot: Snapshot, settings: ConsumerSettings, *, epoch: int, rank: int, world_size: int,
+                 items: Sequence[Any] | None = None, fetch: Callable[[Any], PreparedVolume] | None = None) -> None:
+        self.snapshot, self.settings, self.epoch = snapshot, settings, epoch
+        load = fetch or ray.get
+        patch = settings.sampler.patch_size
+
+        def checked(ref: Any) -> PreparedVolume:
+            volume = load(ref)
+            volume.require_fits(patch)
+            return volume
+
+        self.suffix = settings.suffix
+        if self.suffix is not None:  # reproducible per (seed, epoch, rank), like the crops
+            self.suffix.set_random_state(seed=int(np.random.default_rng([settings.seed, epoch, rank, 1])
+                                                  .integers(2**31)))
+        augment = settings.augment if self.suffix is None else NO_AUGMENT
+        self.stream = CropBatchStream(list(snapshot.refs) if items is None else list(items), checked, snapshot.ratio,
+                                      settings.sampler, augment, settings.batch_size, seed=settings.seed,
+                                      rng=np.random.default_rng([settings.seed, epoch, rank]), rank=rank,
+                                      world_size=world_size, epoch=epoch, steps=settings.steps)
+
+    @property
+    def ratio(self) -> float:
+        return self.snapshot.ratio
+
+    @property
+    def generation(self) -> int:
+        return self.snapshot.generation
+
+    @property
+    def wait_seconds(self) -> float:
+        """Seconds the consumer waited for the producer (data-path stall)."""
+        return self.stream.wait_seconds
+
+    def __iter__(self) -> "CropBatches":
+        return self
+
+    def __next__(self) -> Batch:
+        try:
+            batch = next(self.stream)
+        except BatchProducerError as err:  # the project's own errors (a too-small volume) surface as themselves
+            if isinstance(err.__cause__, SmartCacheError):
+                raise err.__cause__ from err
+            raise
+        return batch if self.suffix is None else apply_suffix(batch, self.suffix)
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def __enter__(self) -> "CropBatches":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class CropDataset(IterableDataset):
+    """``torch.utils.data.IterableDataset`` of crop batches of one experiment; call :meth:`set_epoch` each epoch.
+
+    Use ``DataLoader(dataset, batch_size=None, pin_memory=True)``: items are whole batches,
+    made by a background thread already, so the DataLoader needs no worker processes
+    (``num_workers`` must stay 0). Rank and world size default to the Ray Train context or
+    ``torch.distributed``, so the same object works inside ``train_loop_per_worker``.
+    """
+
+    def __init__(self, experiment: Any, *, rank: int | None = None, world_size: int | None = None,
+                 **overrides: Any) -> None:
+        super().__init__()
+        self.experiment, self.overrides, self.epoch = experiment, overrides, 0
+        self.rank, self.world_size = _rank_and_world(rank, world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        if info is not None and info.num_workers > 1:
+            raise ConfigError("DataLoader.num_workers", info.num_workers, "0: crops are already made in a "
+                              "background thread, and worker processes would repeat the same batches")
+        with self.experiment.batches(self.epoch, rank=self.rank, world_size=self.world_size,
+                                     **self.overrides) as batches:
+            yield from batches
+
+
+def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """Explicit values, else Ray Train's context, else torch.distributed, else a single process."""
+    if rank is not None and world_size is not None:
+        return rank, world_size
+    try:
+        import ray.train  # only inside Ray Train workers does this have a context
+
+        ctx = ray.train.get_context()
+        return ctx.get_world_rank(), ctx.get_world_size()
+    except Exception:  # noqa: BLE001 -- not in a Ray Train worker (RuntimeError/ValueError by version)
+        pass
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
