@@ -104,6 +104,8 @@ function experimentCard(e) {
   box.append(el("h3", {}, e.experiment_id));
   box.append(el("div", {class: "muted"}, `epoch ${e.epoch} · ratio ${e.ratio.toFixed(3)} (pos ${(100 * e.ratio / (1 + e.ratio)).toFixed(0)}%)` +
     (last ? ` · Dice ${last.mean_dice.toFixed(3)} · r_FP ${last.r_fp.toFixed(3)} · r_FN ${last.r_fn.toFixed(3)}` : "")));
+  box.append(el("div", {class: "muted cycle"}, `cycle coverage ${(100 * (e.cycle_coverage || 0)).toFixed(0)}%` +
+    ` · cycles done ${e.cycles_completed || 0} · repeated epochs ${e.repeated_epochs || 0}`));
   const ratios = hist.map(r => [r.epoch, r.ratio]);
   const rmax = Math.ceil(Math.max(1.5, ...ratios.map(p => p[1])) * 2.2) / 2;
   box.append(lineChart("pos/neg ratio", "ratio-chart", ratios, 0, rmax, "#2f6fdb"));

@@ -66,6 +66,10 @@ class ExperimentSummary(BaseModel):
     registered_at: float
     last_report_at: float | None = None
     info: dict = Field(default_factory=dict)
+    cycle_coverage: float = 0.0  # share of the training items seen in its current cycle
+    cycles_completed: int = 0
+    done_generation: int = -1  # newest pool generation it finished an epoch on
+    repeated_epochs: int = 0  # epochs on a generation it had already done (it was faster than the others)
 
 
 class SamplerView(BaseModel):

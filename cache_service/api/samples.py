@@ -25,10 +25,14 @@ def sampler_history(epochs: int = 8) -> list[SamplerReport]:
 
 def experiment(experiment_id: str = "spleen-a1b2c3", epochs: int = 8) -> ExperimentStatus:
     history = sampler_history(epochs)
+    seen = [f"case_{k:02d}" for k in range(2, 2 + min(epochs, 9))]  # a pass over the 11 usable items
     return ExperimentStatus(experiment_id=experiment_id, info={"world_size": 2, "host": "node-1"},
                             registered_at=T0, last_report_at=T0 + 600, epoch=2 * epochs + 1,
                             progress={"loss": 0.21, "data_wait_frac": 0.02},
-                            ratio=history[-1].ratio if history else 1.0, sampler_history=history)
+                            ratio=history[-1].ratio if history else 1.0, sampler_history=history,
+                            done_generation=3 if epochs else -1, repeated_epochs=max(0, 2 * epochs - 2),
+                            cycle_seen=seen if epochs else [], cycles_completed=epochs // 4,
+                            cycle_coverage=len(seen) / 11 if epochs else 0.0)
 
 
 def cache_status(fingerprint: str = FINGERPRINT, experiments: list[ExperimentStatus] | None = None,
@@ -43,4 +47,5 @@ def cache_status(fingerprint: str = FINGERPRINT, experiments: list[ExperimentSta
         byte_budget=64 << 20, generation=3, rotations=2, replace_num=2, replacements_pending=1,
         replacements_ready=2, val_items_total=3, val_items_cached=3, use_counts=used, prep_seconds_spent=42.0,
         seconds_saved=120.5, quarantined=[QuarantinedItem(item_id=ids[-1], error="label values {7} outside 0..2")],
-        experiments=[experiment()] if experiments is None else experiments, uptime_s=900.0)
+        experiments=[experiment()] if experiments is None else experiments, uptime_s=900.0,
+        rotation_waits_for=[e.experiment_id for e in (experiments or []) if e.done_generation < 3])

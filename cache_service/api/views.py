@@ -43,7 +43,9 @@ def summary_of(exp: ExperimentView) -> ExperimentSummary:
     return ExperimentSummary(experiment_id=exp.experiment_id, fingerprint=exp.fingerprint, epoch=exp.epoch,
                              ratio=exp.ratio, last_mean_dice=last.mean_dice if last else None,
                              reports=len(exp.sampler_history), registered_at=exp.registered_at,
-                             last_report_at=exp.last_report_at, info=exp.info)
+                             last_report_at=exp.last_report_at, info=exp.info, cycle_coverage=exp.cycle_coverage,
+                             cycles_completed=exp.cycles_completed, done_generation=exp.done_generation,
+                             repeated_epochs=exp.repeated_epochs)
 
 
 def sampler_of(exp: ExperimentView, history: list[SamplerReport]) -> SamplerView:

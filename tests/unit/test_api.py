@@ -41,6 +41,12 @@ def test_cache_lists_every_fingerprint_and_filters(client: TestClient) -> None:
     one = client.get("/cache", params={"fingerprint": FINGERPRINT}).json()
     assert len(one) == 1 and one[0]["pool"] == cache_status().pool and one[0]["rotations"] == 2
     assert client.get("/cache", params={"fingerprint": "00000000000000aa"}).status_code == 404
+    # fair rotation: each experiment's coverage of the current cycle, and whom the next rotation waits for
+    exp = one[0]["experiments"][0]
+    assert exp["cycle_seen"][:2] == ["case_02", "case_03"] and exp["cycle_coverage"] == pytest.approx(8 / 11)
+    assert exp["done_generation"] == 3 and exp["cycles_completed"] == 2 and exp["repeated_epochs"] == 14
+    other = client.get("/cache", params={"fingerprint": OTHER_FP}).json()[0]
+    assert other["rotation_waits_for"] == ["other-exp"] and other["experiments"][0]["cycle_coverage"] == 0.0
     assert client.get("/cache", params={"fingerprint": "../etc"}).status_code == 422
 
 
@@ -61,6 +67,7 @@ def test_experiments_and_sampler(client: TestClient) -> None:
     assert {r["experiment_id"] for r in rows} == {"spleen-a1b2c3", "other-exp"}
     row = next(r for r in rows if r["experiment_id"] == "spleen-a1b2c3")
     assert row["fingerprint"] == FINGERPRINT and row["reports"] == 8 and row["last_mean_dice"] > 0.8
+    assert row["cycle_coverage"] == pytest.approx(8 / 11) and row["done_generation"] == 3
     detail = client.get("/experiments/spleen-a1b2c3").json()
     assert detail["fingerprint"] == FINGERPRINT and len(detail["sampler_history"]) == 8
     sampler = client.get("/experiments/spleen-a1b2c3/sampler").json()
