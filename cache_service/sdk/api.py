@@ -1,7 +1,5 @@
 """The typed client: connect to (or start) the shared cache, open an experiment, iterate its crops.
 
-::
-
     cache = SmartCache.connect("Task09_Spleen/", transforms=my_compose, cache_num=24, replace_rate=0.25)
     with cache.experiment("lr-1e-3", patch_size=(96, 96, 96), batch_size=2) as exp:
         for epoch in range(epochs):
@@ -41,8 +39,8 @@ from common.volume import PreparedVolume
 
 def _init_ray(address: str | None) -> None:
     """Join the cluster at ``address`` ("auto": the running one), or start a local one for ``None``."""
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    if not ray.is_initialized():  # "local": a new cluster, never another process's on this machine
+        ray.init(address=address or "local", include_dashboard=False)
 
 
 class Experiment:
@@ -64,6 +62,7 @@ class Experiment:
 
     @property
     def cache(self) -> ActorHandle:
+        """The cache actor (attached on first use, so a copy in a Ray Train worker finds it there)."""
         if self._cache is None:
             self._cache = protocol.attach(self.fingerprint, self.namespace)
         return self._cache
@@ -209,6 +208,7 @@ class SmartCache:
         return client.call(self._handle, "status")
 
     def wait_until_ready(self, timeout_s: float = 600.0, progress: bool = False) -> CacheStatus:
+        """Block until the pool and the validation volumes are cached (CacheUnavailableError after ``timeout_s``)."""
         return client.wait_until_ready(self._handle, timeout_s=timeout_s, progress=progress)
 
     def experiment(self, name: str, *, patch_size: Sequence[int] | None = None, batch_size: int | None = None,

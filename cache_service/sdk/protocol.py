@@ -142,6 +142,7 @@ def publish_ratio(cache: ActorHandle, experiment_id: str, epoch: int, numbers: V
 
 
 def current_ratio(cache: ActorHandle, experiment_id: str) -> float:
+    """The pos/neg ratio this experiment's next snapshot carries."""
     return float(client.call(cache, "get_ratio", experiment_id))
 
 

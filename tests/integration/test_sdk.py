@@ -27,7 +27,7 @@ from cache_service import SmartCache
 from cache_service.client import stop_caches
 from common.demo_data import make_demo_data
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 KEYS = ["image", "label"]
 PATCH = (10, 10, 10)
 
