@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from cache_service.client import stop_caches
+from cache_service.client import cache_actor_names, call, stop_caches
 from common.config import config_from_dict
 from common.errors import ConfigError, DataError
 from trainer.launcher import LaunchOptions, TrainingFailedError, run_experiment
@@ -29,17 +29,26 @@ def test_more_workers_than_cpus(ray_cluster, demo_root, stats_dir, tmp_path):
         run_experiment(cfg, LaunchOptions(tmp_path / "o", show_progress=False))
 
 
-@pytest.mark.timeout(120)
-def test_patch_larger_than_every_volume(ray_cluster, demo_root, stats_dir, tmp_path):
-    raw = tiny_config(demo_root, stats_dir).to_dict()
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_patch_larger_than_every_volume_fails_only_that_experiment(ray_cluster, demo_root, stats_dir, tmp_path):
+    """The patch check is the consumer's: the shared cache quarantines nothing for one experiment's patch."""
+    small = tiny_config(demo_root, stats_dir, epochs=1, num_workers=1)
+    raw = small.to_dict()
     raw["sampler"]["patch_size"] = [64, 64, 64]
     raw["validation"]["roi_size"] = [64, 64, 64]
-    cfg = config_from_dict(raw)
+    big = config_from_dict(raw)
     try:
-        with pytest.raises(TrainingFailedError, match="no train case .* could be prepared.*smaller than the patch"):
-            run_experiment(cfg, LaunchOptions(tmp_path / "o", show_progress=False))
+        with pytest.raises(TrainingFailedError, match="smaller than this experiment's patch \\(64, 64, 64\\)"):
+            run_experiment(big, LaunchOptions(tmp_path / "big", show_progress=False))
+        [name] = cache_actor_names(big.cache.namespace)
+        import ray
+
+        assert call(ray.get_actor(name, namespace=big.cache.namespace), "status").quarantined == []
+        report = run_experiment(small, LaunchOptions(tmp_path / "small", show_progress=False))  # same cache
+        assert report.epochs == 1
     finally:
-        stop_caches(cfg.cache.namespace)
+        stop_caches(big.cache.namespace)
 
 
 @pytest.mark.timeout(240)
