@@ -120,7 +120,7 @@ def _write_outputs(out: Path, report: RunReport, rows: list[dict[str, Any]], val
                 [{"kind": "validation", **r} for r in val_rows])
     rank0 = [r for r in rows if r.get("rank", 0) == 0]
     write_tensorboard(out, rank0, val_rows)
-    plot_curves(out / "curves.png", rank0, val_rows, report.target_dice)
+    plot_curves(out / "curves.png", rank0, val_rows, report.target_dice, class_names=list(report.dice_per_class))
     if example is not None:
         item_id, image, label, pred = example
         plot_case(out / "validation_case.png", image, label, pred, f"validation case {item_id}")

@@ -81,7 +81,8 @@ def test_report_files_and_summary(tmp_path):
     rows = [{"epoch": e, "time_s": 10.0 * e, "loss": 1 - 0.1 * e, "ratio": 1.0} for e in range(4)]
     vals = [{"epoch": e, "time_s": 10.0 * e + 5, "mean_dice": 0.2 * e, "dice_per_class": [0.2 * e, 0.1 * e],
              "ratio": 1.0 + e} for e in range(4)]
-    plot_curves(tmp_path / "curves.png", rows, vals, 0.5)
+    legend = plot_curves(tmp_path / "curves.png", rows, vals, 0.5, class_names=["organ", "lesion"])
+    assert legend == ["mean foreground", "organ", "lesion", "target 0.5"]  # the dataset's names, not "class 1"
     vol = _volume()
     plot_case(tmp_path / "case.png", vol.image, vol.label, vol.label[0], "v")
     assert (tmp_path / "curves.png").stat().st_size > 10_000 and (tmp_path / "case.png").stat().st_size > 10_000
