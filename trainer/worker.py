@@ -24,6 +24,7 @@ import torch.distributed as dist
 from cache_service.sdk import Experiment
 from common.config import config_from_dict
 from trainer.model import AmpPolicy, build_loss, build_model, build_optimizer
+from trainer.staging import DeviceStager
 from trainer.steps import run_epoch, seed_everything
 
 CHECKPOINT_FILE = "state.pt"
@@ -89,6 +90,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     amp = AmpPolicy.for_device(device, cfg.training)
     scaler = amp.scaler()
     start_epoch = _restore(model, optimizer, scaler, config.get("resume_from"))
+    stager = DeviceStager(device)  # pinned, reused buffers and a copy stream on CUDA; pass-through on CPU
 
     exp: Experiment = config["experiment_handle"]
     if not cfg.cache.enabled:  # the baseline: this worker loads and preprocesses every volume every epoch
@@ -99,7 +101,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, cfg.training.epochs):
         with exp.batches(epoch, rank=rank, world_size=world) as batches:
             stats = run_epoch(model, batches, loss_fn, optimizer, amp, scaler, device, epoch, batches.ratio,
-                              batches.generation)
+                              batches.generation, stager=stager)
             stats.wait_seconds = batches.wait_seconds
 
         stop = False
