@@ -144,3 +144,34 @@ def test_validation_numbers_follow_eq_4_to_6() -> None:
     assert n.ratio == pytest.approx(n.r_fn / n.r_fp)  # more positives: the model misses foreground
     fixed = validation_numbers([pred], [label], 2, SamplerConfig(adaptive=False), current_ratio=0.7)
     assert fixed.ratio == 0.7
+
+
+class _LocalExperiment:
+    """Stands in for an Experiment: the same CropBatches, volumes from a dict instead of the cache."""
+
+    def __init__(self, volumes: dict[str, PreparedVolume], settings: ConsumerSettings) -> None:
+        self.volumes, self.settings, self.calls = volumes, settings, []
+
+    def batches(self, epoch: int, *, rank: int, world_size: int, **overrides) -> CropBatches:
+        self.calls.append((epoch, rank, world_size))
+        snap = Snapshot(epoch, tuple(self.volumes), tuple(self.volumes), 1.0)
+        return CropBatches(snap, self.settings.with_overrides(**overrides), epoch=epoch, rank=rank,
+                           world_size=world_size, fetch=self.volumes.__getitem__)
+
+
+@pytest.mark.filterwarnings("ignore:.*pin_memory.*")
+def test_crop_dataset_in_a_pinned_dataloader() -> None:
+    from torch.utils.data import DataLoader
+
+    from cache_service.sdk import CropDataset
+
+    exp = _LocalExperiment({k: _volume(k) for k in "abcd"},
+                           ConsumerSettings(sampler=SamplerConfig(patch_size=(6, 6, 6), samples_per_volume=1),
+                                            batch_size=2))
+    ds = CropDataset(exp, rank=1, world_size=2)
+    loader = DataLoader(ds, batch_size=None, pin_memory=True)
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        batches = list(loader)
+        assert len(batches) == 1 and batches[0]["image"].shape == (2, 1, 6, 6, 6)  # rank 1's half: 2 volumes
+    assert exp.calls == [(0, 1, 2), (1, 1, 2)]
