@@ -22,7 +22,9 @@ speaks to the cache actor for an experiment (the typed classes in
 7. ``publish_ratio`` store the result; the next ``epoch_snapshot`` carries the new ratio
 8. ``unregister``   detach; the pool no longer waits for this experiment
 
-Steps 3-7 repeat per epoch. Errors are the project's own (:mod:`common.errors`).
+Steps 3-7 repeat per epoch. Errors are the project's own (:mod:`common.errors`). ``cache``
+is the actor handle, or any object with a ``call(method, *args, **kwargs)`` method (a
+handle that re-attaches after a cache restart): every call goes through :func:`_call`.
 """
 
 from __future__ import annotations
@@ -41,6 +43,13 @@ from common.config import SamplerConfig
 from common.ratio import class_counts, error_indices, next_ratio
 
 
+def _call(cache: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+    """The one place an actor method is named: via ``cache.call`` if it has one, else ``client.call``."""
+    if hasattr(cache, "call"):
+        return cache.call(method, *args, **kwargs)
+    return client.call(cache, method, *args, **kwargs)
+
+
 # 1. attach ------------------------------------------------------------------------------------
 def attach(fingerprint: str, namespace: str) -> ActorHandle:
     """The live cache actor for ``fingerprint`` (raises CacheUnavailableError if there is none)."""
@@ -50,13 +59,13 @@ def attach(fingerprint: str, namespace: str) -> ActorHandle:
 # 2. register ----------------------------------------------------------------------------------
 def register(cache: ActorHandle, experiment_id: str, info: dict[str, Any]) -> None:
     """Attach an experiment (idempotent: registering again keeps its history)."""
-    client.call(cache, "register", experiment_id, info)
+    _call(cache, "register", experiment_id, info)
 
 
 # 3. snapshot ----------------------------------------------------------------------------------
 def epoch_snapshot(cache: ActorHandle, experiment_id: str, epoch: int) -> Snapshot:
     """The pool for this (experiment, epoch): identical for every rank that asks."""
-    return client.call(cache, "snapshot", experiment_id, epoch=epoch)
+    return _call(cache, "snapshot", experiment_id, epoch=epoch)
 
 
 # 4. crop --------------------------------------------------------------------------------------
@@ -70,12 +79,12 @@ def crop_batches(snapshot: Snapshot, settings: ConsumerSettings, *, epoch: int, 
 def finish_epoch(cache: ActorHandle, experiment_id: str, epoch: int, metrics: dict[str, float] | None = None
                  ) -> bool:
     """Rank 0 only: the epoch is done (the cache may rotate); returns whether the pool rotated."""
-    return bool(client.call(cache, "report_progress", experiment_id, epoch, dict(metrics or {})))
+    return bool(_call(cache, "report_progress", experiment_id, epoch, dict(metrics or {})))
 
 
 def experiment_status(cache: ActorHandle, experiment_id: str) -> ExperimentStatus:
     """The experiment as the cache sees it (epoch, ratio, cycle coverage)."""
-    status = client.call(cache, "status")
+    status = _call(cache, "status")
     for exp in status.experiments:
         if exp.experiment_id == experiment_id:
             return exp
@@ -87,7 +96,7 @@ def experiment_status(cache: ActorHandle, experiment_id: str) -> ExperimentStatu
 # 6. validate ----------------------------------------------------------------------------------
 def validation_snapshot(cache: ActorHandle) -> Snapshot:
     """The cached validation volumes (deterministic prefix only, whole volumes)."""
-    return client.call(cache, "val_snapshot")
+    return _call(cache, "val_snapshot")
 
 
 @dataclass(frozen=True)
@@ -137,16 +146,16 @@ def _class_map(x: Any) -> np.ndarray:
 # 7. publish the ratio -------------------------------------------------------------------------
 def publish_ratio(cache: ActorHandle, experiment_id: str, epoch: int, numbers: ValidationNumbers) -> SamplerReport:
     """Store a validation result; the experiment's next snapshot carries ``numbers.ratio``."""
-    return client.call(cache, "publish_sampler", experiment_id, numbers.ratio, numbers.r_fp, numbers.r_fn,
+    return _call(cache, "publish_sampler", experiment_id, numbers.ratio, numbers.r_fp, numbers.r_fn,
                        list(numbers.dice_per_class), numbers.mean_dice, epoch)
 
 
 def current_ratio(cache: ActorHandle, experiment_id: str) -> float:
     """The pos/neg ratio this experiment's next snapshot carries."""
-    return float(client.call(cache, "get_ratio", experiment_id))
+    return float(_call(cache, "get_ratio", experiment_id))
 
 
 # 8. unregister --------------------------------------------------------------------------------
 def unregister(cache: ActorHandle, experiment_id: str) -> bool:
     """Detach; the pool stops waiting for this experiment. False if it was not attached."""
-    return bool(client.call(cache, "unregister", experiment_id))
+    return bool(_call(cache, "unregister", experiment_id))

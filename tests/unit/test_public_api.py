@@ -36,7 +36,7 @@ def _actor_method_calls(path: Path) -> list[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Call) and isinstance(node.func, (ast.Name, ast.Attribute)):
             fname = node.func.id if isinstance(node.func, ast.Name) else node.func.attr
-            if fname == "call" and len(node.args) > 1 and isinstance(node.args[1], ast.Constant):
+            if fname in ("call", "_call") and len(node.args) > 1 and isinstance(node.args[1], ast.Constant):
                 found.append(node.args[1].value)
     return found
 
