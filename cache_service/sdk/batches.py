@@ -49,8 +49,7 @@ class ConsumerSettings:
 
 def _tensor(x: Any) -> torch.Tensor:
     """A plain tensor from a MONAI transform's output (a MetaTensor or numpy array)."""
-    t = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
-    return t
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
 
 
 def apply_suffix(batch: Batch, suffix: Compose) -> Batch:

@@ -40,6 +40,7 @@ from cache_service.sdk.batches import ConsumerSettings, CropBatches
 from cache_service.snapshot import Snapshot
 from cache_service.status import ExperimentStatus, SamplerReport
 from common.config import SamplerConfig
+from common.errors import UnknownItemError
 from common.ratio import class_counts, error_indices, next_ratio
 
 
@@ -88,8 +89,6 @@ def experiment_status(cache: ActorHandle, experiment_id: str) -> ExperimentStatu
     for exp in status.experiments:
         if exp.experiment_id == experiment_id:
             return exp
-    from common.errors import UnknownItemError  # only on this error path
-
     raise UnknownItemError("experiment", experiment_id)
 
 
