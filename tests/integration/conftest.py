@@ -17,7 +17,8 @@ from common.demo_data import make_demo_data
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[str]:
     """A 2-CPU local cluster; yields its GCS address so a second driver process can attach."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    # address="local": always a fresh cluster, never one that `ray start` left running on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
