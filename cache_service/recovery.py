@@ -46,11 +46,11 @@ class ResilientCache:
     def __init__(self, fingerprint: str, namespace: str, recover_timeout_s: float, *,
                  experiment_id: str | None = None, info: dict[str, Any] | None = None,
                  call_timeout_s: float = DEFAULT_TIMEOUT_S, sleep: Callable[[float], None] = time.sleep,
-                 rng: np.random.Generator | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, rng: np.random.Generator | None = None) -> None:
         self.fingerprint, self.namespace, self.name = fingerprint, namespace, cache_name(fingerprint)
         self.policy = Backoff(timeout_s=recover_timeout_s)
         self.experiment_id, self.info = experiment_id, info
-        self.call_timeout_s, self._sleep = call_timeout_s, sleep
+        self.call_timeout_s, self._sleep, self._clock = call_timeout_s, sleep, clock
         self._rng = rng if rng is not None else np.random.default_rng()
         self._lock = threading.Lock()
         self.handle: Any = None
@@ -88,7 +88,7 @@ class ResilientCache:
         back at once.
         """
         with self._lock:
-            clock = self.policy.start(time.monotonic(), self._rng)
+            clock = self.policy.start(self._clock(), self._rng)
             last: BaseException = cause
             log.warning("cache %s unavailable (%s); re-attaching for up to %.0fs", self.name, cause,
                         self.policy.timeout_s)
@@ -96,13 +96,13 @@ class ResilientCache:
                 try:
                     self.handle = attach(self.fingerprint, self.namespace, timeout_s=self.call_timeout_s)
                     if self._warm():
-                        waited = clock.elapsed(time.monotonic())
+                        waited = clock.elapsed(self._clock())
                         self.recoveries.append(waited)
                         log.warning("cache %s is back after %.1fs", self.name, waited)
                         return waited
                 except CacheUnavailableError as err:
                     last = err
-                delay = clock.next_delay(time.monotonic())
+                delay = clock.next_delay(self._clock())
                 if delay is None:
                     raise CacheUnavailableError(
                         self.name, f"did not come back within cache.recover_timeout_s={self.policy.timeout_s:g}s "

@@ -101,8 +101,8 @@ def test_validation_actor_killed_mid_run(ray_cluster, demo_root, stats_dir, tmp_
         assert report["restarts"].get("validator") == 1, report["faults"]
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         validated = sorted(r["epoch"] for r in rows if r["kind"] == "validation")
-        assert validated[0] == 0 and validated[-1] == EPOCHS - 1
-        assert len(validated) >= EPOCHS - 2  # history kept; at most the validations cut short are missing
+        assert set(range(KILL_AT)) <= set(validated)  # the history before the kill survived the restart
+        assert max(validated) > KILL_AT  # and validation went on afterwards
         assert (out / "model.pt").is_file() and report["best_epoch"] is not None
     finally:
         stop_caches(cfg.cache.namespace)
