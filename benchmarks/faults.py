@@ -6,7 +6,8 @@ the kill, by polling (0.2 s):
 
   back      the killed part answers again (cache: warm again; validator: answers; trainer:
             rank 0 starts training again after the worker-group restart)
-  next      the next new training epoch is recorded (training carries on)
+  next      the next new training epoch is recorded (training carries on; "-" if the run
+            had already trained its last epoch)
   lost      what the run's own report says the fault cost (seconds_lost)
 
 Prints a markdown table and the load average (the machine is shared: figures are noisy).
@@ -104,8 +105,13 @@ def one_fault(kind: str, cfg: ExperimentConfig, run: Path, address: str, kill_at
         t_kill = kill(pid)
         wait_for(back, 300, f"{kind} back", proc)
         t_back = time.time()
-        wait_for(lambda: trained_epochs(run) > before, 300, "the next epoch", proc)
-        t_next = time.time()
+        t_next: float | None = None
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:
+            if trained_epochs(run) > before:
+                t_next = time.time()
+                break
+            time.sleep(POLL_S)
         rc = proc.wait(timeout=600)
     finally:
         if proc.poll() is None:
@@ -113,7 +119,7 @@ def one_fault(kind: str, cfg: ExperimentConfig, run: Path, address: str, kill_at
     report = json.loads((run / "report.json").read_text()) if (run / "report.json").is_file() else {}
     faults = [f for f in report.get("faults", []) if f["kind"] == kind]
     return {"fault": kind, "exit": rc, "epochs": report.get("epochs"), "back_s": t_back - t_kill,
-            "next_epoch_s": t_next - t_kill, "reported_lost_s": faults[0].get("seconds_lost") if faults else None,
+            "next_epoch_s": None if t_next is None else t_next - t_kill, "reported_lost_s": faults[0].get("seconds_lost") if faults else None,
             "faults_in_report": len(faults)}
 
 
@@ -124,7 +130,7 @@ def _fmt(v: Any) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/faults")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--kill-at", type=int, default=4)
     p.add_argument("--faults", nargs="+", default=["cache", "trainer", "validator"])
     args = p.parse_args()
