@@ -24,6 +24,7 @@ from cache_service.recovery import ResilientCache
 from common.config import config_from_dict
 from trainer.datapath import CropBatchStream
 from trainer.model import AmpPolicy, build_loss, build_model, build_optimizer
+from trainer.staging import DeviceStager
 from trainer.steps import run_epoch, seed_everything
 
 CHECKPOINT_FILE = "state.pt"
@@ -89,6 +90,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     amp = AmpPolicy.for_device(device, cfg.training)
     scaler = amp.scaler()
     start_epoch = _restore(model, optimizer, scaler, config.get("resume_from"))
+    stager = DeviceStager(device)  # pinned, reused buffers and a copy stream on CUDA; pass-through on CPU
 
     experiment_id, t_start = config["experiment_id"], config["t_start"]
     cache = ResilientCache(config["fingerprint"], cfg.cache.namespace, cfg.cache.recover_timeout_s,
@@ -106,7 +108,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                              seed=cfg.training.seed, rng=rng, rank=rank, world_size=world, epoch=epoch,
                              steps=cfg.training.steps_per_epoch) as batches:
             stats = run_epoch(model, batches, loss_fn, optimizer, amp, scaler, device, epoch, snap.ratio,
-                              snap.generation)
+                              snap.generation, stager=stager)
             stats.wait_seconds = batches.wait_seconds
 
         stop = False
