@@ -122,20 +122,21 @@ class ResilientCache:
         return self.call("snapshot", experiment_id, epoch=epoch)
 
     def fetcher(self, snapshot: Snapshot, experiment_id: str, epoch: int | None) -> "RecoveringFetch":
-        return RecoveringFetch(self, snapshot, experiment_id, epoch)
+        """The ``fetch`` for one epoch's snapshot: lost volumes come from a fresh snapshot of that epoch."""
+        return RecoveringFetch(self, snapshot, lambda: self.snapshot(experiment_id, epoch=epoch))
 
 
 class RecoveringFetch:
-    """``ray.get`` for the refs of one epoch snapshot that survives the death of their owner.
+    """``ray.get`` for the refs of one snapshot that survives the death of their owner.
 
     A ref whose object is lost is mapped to the ref at the same position in a fresh
-    snapshot of the same (experiment, epoch) from the restarted cache; the fresh snapshot
-    is taken once and shared by every later lookup of this epoch.
+    snapshot (``retake``: the same epoch's pool, or the validation volumes) from the
+    restarted cache; it is taken once and shared by every later lookup.
     """
 
-    def __init__(self, cache: ResilientCache, snapshot: Snapshot, experiment_id: str, epoch: int | None,
+    def __init__(self, cache: ResilientCache, snapshot: Snapshot, retake: Callable[[], Snapshot],
                  get: Callable[[Any], Any] = ray.get) -> None:
-        self.cache, self.experiment_id, self.epoch, self._get = cache, experiment_id, epoch, get
+        self.cache, self._retake, self._get = cache, retake, get
         self._position = {ref: k for k, ref in enumerate(snapshot.refs)}
         self._fresh: Snapshot | None = None
         self._lock = threading.Lock()
@@ -166,7 +167,7 @@ class RecoveringFetch:
                 log.warning("a cached volume was lost with its owner (%s); taking a fresh snapshot",
                             type(err).__name__)
                 self.cache.recover(err)
-                self._fresh = self.cache.snapshot(self.experiment_id, epoch=self.epoch)
+                self._fresh = self._retake()
                 if not self._fresh.refs:
                     raise CacheUnavailableError(self.cache.name, "came back with an empty pool") from err
             self.replaced += 1

@@ -64,7 +64,7 @@ class ValidationService:
         if self._volumes is None:
             snap = self.cache.call("val_snapshot")
             self._val_refs = snap.refs  # holding the refs keeps the volumes readable
-            fetch = RecoveringFetch(self.cache, snap, self.experiment_id, None)
+            fetch = RecoveringFetch(self.cache, snap, lambda: self.cache.call("val_snapshot"))
             self._volumes = [fetch(r) for r in snap.refs]
         return self._volumes
 

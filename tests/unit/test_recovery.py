@@ -140,7 +140,7 @@ class SnapCache:
 def test_lost_volumes_are_replaced_from_one_fresh_snapshot_at_the_same_positions():
     cache = SnapCache()
     old = Snapshot(0, ("a", "b", "c"), ("old-a", "old-b", "old-c"), 1.0)
-    fetch = RecoveringFetch(cache, old, "exp", 4, get=LostRefs())  # type: ignore[arg-type]
+    fetch = RecoveringFetch(cache, old, lambda: cache.snapshot("exp", 4), get=LostRefs())  # type: ignore[arg-type]
     assert [fetch(r) for r in ("old-c", "old-a", "old-b")] == ["volume new-c", "volume new-a", "volume new-b"]
     assert cache.recovered == 1 and cache.snapshots == 1 and fetch.replaced == 3
     assert fetch("fine") == "volume fine"  # refs that still resolve are read as they are
@@ -153,7 +153,8 @@ def test_a_cache_that_keeps_dying_ends_the_lookup_with_a_clear_error():
             return Snapshot(1, ("a",), ("old-again",), 1.0)
 
     cache = AlwaysLost()
-    fetch = RecoveringFetch(cache, Snapshot(0, ("a",), ("old-a",), 1.0), "exp", 0, get=LostRefs())  # type: ignore[arg-type]
+    fetch = RecoveringFetch(cache, Snapshot(0, ("a",), ("old-a",), 1.0), lambda: cache.snapshot("exp"),
+                            get=LostRefs())  # type: ignore[arg-type]
     with pytest.raises(CacheUnavailableError, match="lost its volumes 3 times"):
         fetch("old-a")
     assert cache.snapshots == 3
