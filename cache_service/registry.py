@@ -90,10 +90,11 @@ class ExperimentRegistry:
     def record_fault(self, experiment_id: str | None, event: FaultEvent) -> None:
         """Count a fault for one experiment, or for every attached one (``None``: a cache restart hits all)."""
         targets = list(self._experiments.values()) if experiment_id is None else [self.get(experiment_id)]
-        for exp in targets:
+        for exp in targets:  # a fault without an epoch happened at the epoch each experiment was at
+            mine = event if event.epoch is not None else event.model_copy(update={"epoch": exp.epoch})
             exp.restarts[event.kind] = exp.restarts.get(event.kind, 0) + 1
-            exp.last_fault = event.model_copy()
-            exp.faults.append(event.model_copy())
+            exp.last_fault = mine.model_copy()
+            exp.faults.append(mine.model_copy())
 
     def settle_fault(self, event: FaultEvent) -> None:
         """Fill in the cost of a fault recorded earlier (matched by kind and time) once it is known."""

@@ -35,6 +35,7 @@ def test_registry_survives_a_round_trip_through_disk(tmp_path: Path):
     assert (a.epoch, a.ratio, a.progress, len(a.sampler_history)) == (7, 2.5, {"loss": 0.3}, 1)
     assert a.restarts == {"trainer": 1, "cache": 1} and b.restarts == {"cache": 1}
     assert [f.kind for f in a.faults] == ["trainer", "cache"] and a.last_fault.kind == "cache"
+    assert (a.last_fault.epoch, b.last_fault.epoch) == (7, -1)  # each at the epoch it had reached
     back.settle_fault(FaultEvent(kind="cache", time=6.0, seconds_lost=3.5))
     assert back.get("b").last_fault.seconds_lost == 3.5 and back.get("a").faults[-1].seconds_lost == 3.5
     assert not list(path.parent.glob(".tmp-*"))  # the atomic write left no temp file
