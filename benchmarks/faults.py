@@ -2,7 +2,7 @@
 
 For each fault, one ``smartcache train`` run on demo phantoms (a subprocess attached to a
 fresh local Ray started here), killed once ``--kill-at`` epochs are trained. Measured from
-the kill, by polling (0.2 s):
+the kill, by polling (0.2-0.5 s):
 
   back      the killed part answers again (cache: warm again; validator: answers; trainer:
             rank 0 starts training again after the worker-group restart)
@@ -12,7 +12,9 @@ the kill, by polling (0.2 s):
 
 Prints a markdown table and the load average (the machine is shared: figures are noisy).
 
-  python benchmarks/faults.py --out runs/faults
+  PYTHONPATH=. python benchmarks/faults.py --out runs/faults
+
+(from the repository root: it shares the fault tests' helpers in tests/integration/fault_runs.py)
 """
 
 from __future__ import annotations
@@ -119,7 +121,8 @@ def one_fault(kind: str, cfg: ExperimentConfig, run: Path, address: str, kill_at
     report = json.loads((run / "report.json").read_text()) if (run / "report.json").is_file() else {}
     faults = [f for f in report.get("faults", []) if f["kind"] == kind]
     return {"fault": kind, "exit": rc, "epochs": report.get("epochs"), "back_s": t_back - t_kill,
-            "next_epoch_s": None if t_next is None else t_next - t_kill, "reported_lost_s": faults[0].get("seconds_lost") if faults else None,
+            "next_epoch_s": None if t_next is None else t_next - t_kill,
+            "reported_lost_s": faults[0].get("seconds_lost") if faults else None,
             "faults_in_report": len(faults)}
 
 

@@ -28,7 +28,8 @@ from common.config import ExperimentConfig
 from common.errors import CacheUnavailableError, ConfigError, SmartCacheError
 from common.preprocess import build_preprocessor
 from trainer.predict import MODEL_FILE, save_model_file
-from trainer.report import RunReport, count_restarts, format_summary, plot_case, plot_curves, write_jsonl, write_tensorboard
+from trainer.report import (RunReport, count_restarts, format_summary, plot_case, plot_curves, write_jsonl,
+                            write_tensorboard)
 from trainer.validation_service import ValidationService
 from trainer.worker import train_loop_per_worker
 

@@ -66,7 +66,8 @@ def wait_for(cond: Callable[[], Any], timeout_s: float, what: str, proc: subproc
 
 def alive_actor_pids(class_fragment: str) -> list[int]:
     """PIDs of live actors whose class name contains ``class_fragment``, from the GCS actor table."""
-    return sorted(a["Pid"] for a in ray._private.state.actors().values()  # noqa: SLF001 - the state API without a dashboard
+    table = ray._private.state.actors()  # noqa: SLF001 - the GCS actor table: the state API without a dashboard
+    return sorted(a["Pid"] for a in table.values()
                   if class_fragment in a["ActorClassName"] and a["State"] == "ALIVE" and a["Pid"])
 
 

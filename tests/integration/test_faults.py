@@ -8,7 +8,6 @@ writes its report and lists the fault there.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
