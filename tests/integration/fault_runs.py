@@ -48,6 +48,16 @@ def trained_epochs(out: Path) -> int:
     return 0
 
 
+def validated_epochs(out: Path) -> set[int]:
+    """Epochs with a validation row saved in the run folder so far."""
+    for path in (out / "state").glob("*/validator.json"):
+        try:
+            return {int(r["epoch"]) for r in json.loads(path.read_text())["validation"]}
+        except (OSError, ValueError, KeyError):
+            return set()
+    return set()
+
+
 def experiment_id(out: Path) -> str:
     return next((out / "state").iterdir()).name
 
