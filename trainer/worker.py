@@ -97,6 +97,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         exp = exp.without_cache(config["records"], config["preprocessor"])
     validator = ray.get_actor(config["validator_name"], namespace=cfg.cache.namespace)
     t_start = config["t_start"]
+    if rank == 0:  # records a restart of the worker group (and its cost) if this is one
+        ray.get(validator.trainer_started.remote(start_epoch, time.time()))
     pending, last_validated = None, start_epoch - cfg.validation.interval
     for epoch in range(start_epoch, cfg.training.epochs):
         with exp.batches(epoch, rank=rank, world_size=world) as batches:

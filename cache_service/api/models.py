@@ -71,6 +71,7 @@ class ExperimentSummary(BaseModel):
     cycles_completed: int = 0
     done_generation: int = -1  # newest pool generation it finished an epoch on
     repeated_epochs: int = 0  # epochs on a generation it had already done (it was faster than the others)
+    restarts: dict[str, int] = Field(default_factory=dict)  # fault kind -> count
 
 
 class SamplerView(BaseModel):

@@ -48,7 +48,7 @@ def summary_of(exp: ExperimentView) -> ExperimentSummary:
                              reports=len(exp.sampler_history), registered_at=exp.registered_at,
                              last_report_at=exp.last_report_at, info=exp.info, cycle_coverage=exp.cycle_coverage,
                              cycles_completed=exp.cycles_completed, done_generation=exp.done_generation,
-                             repeated_epochs=exp.repeated_epochs)
+                             repeated_epochs=exp.repeated_epochs, restarts=dict(exp.restarts))
 
 
 def sampler_of(exp: ExperimentView, history: list[SamplerReport]) -> SamplerView:

@@ -26,6 +26,7 @@ from monai.transforms import Compose
 from ray.actor import ActorHandle
 
 from cache_service import client
+from cache_service.recovery import ResilientCache
 from cache_service.sdk import protocol
 from cache_service.sdk.batches import ConsumerSettings, CropBatches, CropDataset
 from cache_service.snapshot import Snapshot
@@ -47,8 +48,9 @@ class Experiment:
     """One experiment attached to a cache: its id, its crop settings and the per-epoch calls."""
 
     def __init__(self, fingerprint: str, namespace: str, experiment_id: str, settings: ConsumerSettings,
-                 num_classes: int, info: dict[str, Any] | None = None) -> None:
+                 num_classes: int, info: dict[str, Any] | None = None, recover_timeout_s: float | None = None) -> None:
         self.fingerprint, self.namespace, self.id = fingerprint, namespace, experiment_id
+        self.recover_timeout_s = recover_timeout_s  # set: re-attach with backoff when the cache restarts
         self.settings, self.num_classes, self.info = settings, num_classes, dict(info or {})
         self._cache: ActorHandle | None = None
         self._owner = False  # True in the object that registered (it alone unregisters)
@@ -62,9 +64,18 @@ class Experiment:
 
     @property
     def cache(self) -> ActorHandle:
-        """The cache actor (attached on first use, so a copy in a Ray Train worker finds it there)."""
+        """The cache (attached on first use, so a copy in a Ray Train worker finds it there).
+
+        With ``recover_timeout_s`` it is a :class:`~cache_service.recovery.ResilientCache`: calls
+        re-attach with backoff while the cache restarts, and lost volumes are re-read from a
+        fresh snapshot of the same epoch.
+        """
         if self._cache is None:
-            self._cache = protocol.attach(self.fingerprint, self.namespace)
+            if self.recover_timeout_s is None:
+                self._cache = protocol.attach(self.fingerprint, self.namespace)
+            else:
+                self._cache = ResilientCache(self.fingerprint, self.namespace, self.recover_timeout_s,
+                                             experiment_id=self.id, info=self.info)
         return self._cache
 
     # ---- attach / detach ----------------------------------------------------------------------
@@ -103,6 +114,8 @@ class Experiment:
                                                 samples_per_volume=samples_per_volume, steps=steps)
         snap = self.snapshot(epoch)
         items, fetch = self._uncached if self._uncached is not None else (None, None)
+        if items is None and hasattr(self.cache, "fetcher"):  # survives the death of the volumes' owner
+            fetch = self.cache.fetcher(snap, self.id, epoch)
         return protocol.crop_batches(snap, settings, epoch=epoch, rank=rank, world_size=world_size,
                                      items=items, fetch=fetch)
 
@@ -240,7 +253,7 @@ class SmartCache:
         details = {"name": name, "initial_ratio": settings.sampler.initial_ratio,
                    "patch_size": list(settings.sampler.patch_size), **(info or {})}
         return Experiment(self.fingerprint, cfg.cache.namespace, experiment_id, settings, self.catalog.num_classes,
-                          details)
+                          details, recover_timeout_s=cfg.cache.recover_timeout_s)
 
     def stop(self) -> None:
         """Stop the cache actor for every experiment attached to it (frees the object store)."""
