@@ -258,13 +258,15 @@ class SmartCacheService:
                         rotate: bool = True) -> bool:
         """Record a finished epoch; rotate once every attached experiment is done with this generation.
 
-        The epoch's snapshot (memoised by :meth:`snapshot`) says which generation and items
-        it trained on. Fair rotation (:mod:`common.fair_rotation`): a fast experiment is
+        The epoch's snapshot (memoised by :meth:`snapshot`; else the experiment's latest
+        earlier one) says which generation and items it trained on. Fair rotation
+        (:mod:`common.fair_rotation`): a fast experiment is
         never waited for and never rotates items away from a slow one; it repeats the pool.
         Returns whether the pool rotated.
         """
         with self._lock:
-            snap = self._epoch_snapshots.get((experiment_id, epoch))
+            mine = [e for x, e in self._epoch_snapshots if x == experiment_id and e is not None and e <= epoch]
+            snap = self._epoch_snapshots[(experiment_id, max(mine))] if mine else None  # its latest epoch's pool
             trained_on = (snap.generation, snap.item_ids) if snap is not None else None
             rotated = end_epoch(self.registry, self.book, experiment_id, epoch, metrics, trained_on, time.time(),
                                 self.cfg.experiment_timeout_s, rotate)

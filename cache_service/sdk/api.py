@@ -139,7 +139,7 @@ class Experiment:
         return [ray.get(r) for r in snap.refs]
 
     def report_validation(self, epoch: int, pred: Any, label: Any) -> SamplerReport:
-        """Measure Dice, r_FP, r_FN on class maps (one array, or lists of per-case arrays) and publish the next ratio."""
+        """Measure Dice, r_FP, r_FN on class maps (one array, or lists of per-case arrays); publish the next ratio."""
         preds, labels = (pred, label) if isinstance(pred, (list, tuple)) else ([pred], [label])
         numbers = protocol.validation_numbers(preds, labels, self.num_classes, self.settings.sampler, self.ratio)
         return protocol.publish_ratio(self.cache, self.id, epoch, numbers)
@@ -245,7 +245,8 @@ class SmartCache:
         if initial_ratio is not None:
             sampler = replace(sampler, initial_ratio=initial_ratio)
         settings = ConsumerSettings(sampler=sampler, augment=augment or cfg.augmentation,
-                                    batch_size=cfg.training.batch_size, seed=cfg.training.seed if seed is None else seed,
+                                    batch_size=cfg.training.batch_size,
+                                    seed=cfg.training.seed if seed is None else seed,
                                     suffix=self.chain.suffix if self.chain is not None else None)
         settings = settings.with_overrides(patch_size=patch_size, batch_size=batch_size,
                                            samples_per_volume=samples_per_volume, steps=steps)
