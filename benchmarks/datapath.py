@@ -3,7 +3,7 @@
 Usage (from the repository root, after ``make venv``):
 
   .venv/bin/python benchmarks/datapath.py                       # BrainDev x16 + 16 demo phantoms
-  .venv/bin/python benchmarks/datapath.py --quick               # short run, under 2 minutes
+  .venv/bin/python benchmarks/datapath.py --quick               # short run
   .venv/bin/python benchmarks/datapath.py --markdown docs/benchmarks.md   # also write the tables there
 
 Every row uses the same files, the same deterministic chain (``common.preprocess.build_preprocessor``,
@@ -347,12 +347,17 @@ def bench_dataset(root: Path, args: argparse.Namespace, stats_dir: Path, bar: An
 
     busy: list[float] = []
 
+    def record(row: Row) -> None:
+        rows.append(row)
+        bar.write(f"{row.dataset} | {row.system} | {row.consumers} | {fmt_rate(row)} crops/s | busy before "
+                  f"{max(row.busy, default=float('nan')):.0f} % | load {os.getloadavg()[0]:.1f}")
+
     def step(what: str) -> None:
         bar.set_postfix_str(f"{name}: {what}")
         busy.clear()
 
     def idle() -> None:
-        busy.append(wait_idle())
+        busy.append(wait_idle(args.idle_wait))
 
     def consumers(k: int) -> tuple[list[Any], int]:
         actors = [remote.remote() for _ in range(k)]
@@ -384,7 +389,7 @@ def bench_dataset(root: Path, args: argparse.Namespace, stats_dir: Path, bar: An
         for s in range(args.repeats):
             idle()
             rates.append(ceiling(volumes, p, args.batch_size, args.duration, s)["crops_per_s"])
-        rows.append(Row(name, "numpy crop copy (ceiling)", 1, rates, "driver, in-memory arrays", busy=list(busy)))
+        record(Row(name, "numpy crop copy (ceiling)", 1, rates, "driver, in-memory arrays", busy=list(busy)))
         bar.update(1)
         del volumes
 
@@ -402,7 +407,7 @@ def bench_dataset(root: Path, args: argparse.Namespace, stats_dir: Path, bar: An
                 rates.append(sum(o["crops_per_s"] for o in outs))
                 mems.append(after - base)
                 release(actors)
-            rows.append(Row(name, label, k, rates,
+            record(Row(name, label, k, rates,
                             f"shared cache, one stream per process, {threads} copy thread(s)"
                             + (", crops/s summed" if k > 1 else ""),
                             store + int(statistics.median(mems)), store, list(busy)))
@@ -427,7 +432,7 @@ def bench_dataset(root: Path, args: argparse.Namespace, stats_dir: Path, bar: An
                     builds.append(max(o["build_s"] for o in outs))
                     mems.append(after - base)
                     release(actors)
-                rows.append(Row(name, label, k, rates,
+                record(Row(name, label, k, rates,
                                 f"own cache per process, built in {statistics.median(builds):.0f} s"
                                 + (", crops/s summed" if k > 1 else ""),
                                 int(statistics.median(mems)), None, list(busy)))
@@ -452,7 +457,7 @@ def bench_dataset(root: Path, args: argparse.Namespace, stats_dir: Path, bar: An
             note = {"cache": f"driver, cache built in {statistics.median(builds):.0f} s",
                     "smart": f"driver, {smart_num} of {len(data)} cached, 20 % replaced per epoch",
                     "plain": "driver, loads and preprocesses every crop"}[kind]
-            rows.append(Row(name, label, 1, rates, note, busy=list(busy)))
+            record(Row(name, label, 1, rates, note, busy=list(busy)))
             bar.update(1)
     finally:
         stop_cache(handle)
@@ -491,7 +496,10 @@ def render(rows: list[Row], infos: dict[str, dict], args: argparse.Namespace, el
     out.append(f"Machine: {machine()}  ")
     out.append(f"Command: `{' '.join(['python', 'benchmarks/datapath.py', *sys.argv[1:]])}` "
                f"(total {elapsed / 60:.1f} min; {args.duration:g} s per row, {args.repeats} repeat(s), "
-               f"patch {args.patch_size}^3, batch {args.batch_size}, ratio 1, augmentation off)")
+               f"patch {args.patch_size}^3, batch {args.batch_size}, ratio 1, augmentation off)  ")
+    out.append("Load average (1/5/15 min) at the start: " + ", ".join(f"{x:.1f}" for x in args.load_start)
+               + "; at the end: " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
+               + f" (on {os.cpu_count()} cores; above that, other processes shared the machine)")
     out.append("")
     for name, info in infos.items():
         dsrows = [r for r in rows if r.dataset == name]
@@ -567,9 +575,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="consumer process counts for the per-process MONAI CacheDataset rows (default: --consumers)")
     ap.add_argument("--copy-threads", type=int, default=2,
                     help="CropBatchStream copy threads per consumer (default 2; a 1-thread row is added as context)")
+    ap.add_argument("--idle-wait", type=float, default=30.0,
+                    help="seconds a row waits at most for the machine to go under 30 %% CPU (default 30)")
     ap.add_argument("--skip-plain", action="store_true", help="leave out the plain MONAI Dataset row")
     ap.add_argument("--quick", action="store_true",
-                    help="short run (under 2 min): 1.5 s rows, 4 demo cases of 128^3, BrainDev x2, "
+                    help="short run (a few minutes on an idle machine): 1.5 s rows, 4 demo cases of 128^3, BrainDev x2, "
                          "SmartCache consumers 1,2, MONAI consumers 1")
     ap.add_argument("--markdown", type=Path, default=None,
                     help="also write the tables into this file, between benchmark markers (e.g. docs/benchmarks.md)")
@@ -592,6 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     from common.demo_data import make_demo_data
 
     start = time.perf_counter()
+    args.load_start = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="datapath-bench-")) if args.work_dir is None else args.work_dir
     tmp.mkdir(parents=True, exist_ok=True)
     sources = [Path(d) for d in args.datasets] or ([Path(DEFAULT_BRAIN)] if Path(DEFAULT_BRAIN).is_dir() else [])
@@ -614,6 +625,8 @@ def main(argv: list[str] | None = None) -> int:
         ray.shutdown()
         if args.work_dir is None:
             shutil.rmtree(tmp, ignore_errors=True)
+    raw = Path(tempfile.gettempdir()) / "datapath-benchmark-rows.json"
+    raw.write_text(json.dumps({"rows": [dataclasses.asdict(r) for r in rows], "infos": infos}, default=str))
     text = render(rows, infos, args, time.perf_counter() - start)
     print("\n" + text)
     if args.markdown is not None:
