@@ -9,7 +9,8 @@ Determinism with several threads: one planner thread makes every random decision
 the one seeded generator, in order (volume order, crop centres, flips, and a seed for
 each batch's intensity augmentation); copy threads only execute plans, and batches are
 delivered in plan order. So the output depends on the seed, never on the thread count
-or on timing. numpy releases the GIL while it copies, so two copy threads use two cores.
+or on timing. numpy releases the GIL while it copies, so several copy threads can use
+several cores where the machine has them to spare.
 """
 
 from __future__ import annotations
@@ -93,14 +94,15 @@ class CropBatchStream:
     that many batches are delivered (every rank then steps the same number of times);
     without, one pass is made and the last batch may be short. ``copy_threads`` batches
     are cut at once (1: the planner thread cuts them itself); the batches are the same
-    for any value. ``keep_fetched`` fetches each volume once per stream (see ``_volume``).
+    for any value. One is the default: on the 2-core test machine a second copy thread gave no
+    gain (docs/benchmarks.md). ``keep_fetched`` fetches each volume once per stream (see ``_volume``).
     """
 
     def __init__(self, refs: Sequence[Any], fetch: Callable[[Any], PreparedVolume], ratio: float,
                  sampler: SamplerConfig, augment: AugmentConfig, batch_size: int, seed: int = 0,
                  rank: int = 0, world_size: int = 1, epoch: int = 0, prefetch: int = 2,
                  steps: int | None = None, rng: np.random.Generator | None = None,
-                 copy_threads: int = 2, keep_fetched: bool = False) -> None:
+                 copy_threads: int = 1, keep_fetched: bool = False) -> None:
         if batch_size < 1 or prefetch < 1 or copy_threads < 1:
             raise ValueError(f"batch_size ({batch_size}), prefetch ({prefetch}) and copy_threads ({copy_threads}) "
                              "must be >= 1")
