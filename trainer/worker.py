@@ -24,6 +24,7 @@ from cache_service.client import attach, call
 from common.config import config_from_dict
 from trainer.datapath import CropBatchStream
 from trainer.model import AmpPolicy, build_loss, build_model, build_optimizer
+from trainer.staging import DeviceStager
 from trainer.steps import run_epoch, seed_everything
 
 CHECKPOINT_FILE = "state.pt"
@@ -89,6 +90,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     amp = AmpPolicy.for_device(device, cfg.training)
     scaler = amp.scaler()
     start_epoch = _restore(model, optimizer, scaler, config.get("resume_from"))
+    stager = DeviceStager(device)  # pinned, reused buffers and a copy stream on CUDA; pass-through on CPU
 
     cache = attach(config["fingerprint"], cfg.cache.namespace)
     validator = ray.get_actor(config["validator_name"], namespace=cfg.cache.namespace)
@@ -102,7 +104,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                              seed=cfg.training.seed, rng=rng, rank=rank, world_size=world, epoch=epoch,
                              steps=cfg.training.steps_per_epoch) as batches:
             stats = run_epoch(model, batches, loss_fn, optimizer, amp, scaler, device, epoch, snap.ratio,
-                              snap.generation)
+                              snap.generation, stager=stager)
             stats.wait_seconds = batches.wait_seconds
 
         stop = False
