@@ -26,7 +26,8 @@ and augmentation off on both sides. Rows:
   ``DataLoader(num_workers=1)`` (load and preprocess every time).
 
 Timing of a row starts at its first batch (start-up and cache builds are reported apart), after the
-machine has gone under 30 % CPU (at most 30 s of waiting; the reading is shown as "CPU busy before").
+machine has gone under 30 % CPU (at most ``--idle-wait`` s, default 30; the reading is shown as
+"CPU busy before").
 
 Memory: the summed PSS (``psutil``) of the driver and every process of this script's own Ray cluster
 (raylet, GCS, cache actor, task workers, consumers) is taken once the K consumers are started and
