@@ -20,7 +20,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from cache_service.client import attach, call
+from cache_service.recovery import ResilientCache
 from common.config import config_from_dict
 from trainer.datapath import CropBatchStream
 from trainer.model import AmpPolicy, build_loss, build_model, build_optimizer
@@ -92,13 +92,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     start_epoch = _restore(model, optimizer, scaler, config.get("resume_from"))
     stager = DeviceStager(device)  # pinned, reused buffers and a copy stream on CUDA; pass-through on CPU
 
-    cache = attach(config["fingerprint"], cfg.cache.namespace)
-    validator = ray.get_actor(config["validator_name"], namespace=cfg.cache.namespace)
     experiment_id, t_start = config["experiment_id"], config["t_start"]
+    cache = ResilientCache(config["fingerprint"], cfg.cache.namespace, cfg.cache.recover_timeout_s,
+                           experiment_id=experiment_id)  # re-attaches if the cache dies and comes back
+    validator = ray.get_actor(config["validator_name"], namespace=cfg.cache.namespace)
+    if rank == 0:  # records a restart of the worker group (and its cost) if this is one
+        ray.get(validator.trainer_started.remote(start_epoch, time.time()))
     pending, last_validated = None, start_epoch - cfg.validation.interval
     for epoch in range(start_epoch, cfg.training.epochs):
-        snap = call(cache, "snapshot", experiment_id, epoch=epoch)
-        items, fetch = (snap.refs, ray.get) if cfg.cache.enabled else (config["records"], config["preprocessor"])
+        snap = cache.snapshot(experiment_id, epoch=epoch)
+        items, fetch = ((snap.refs, cache.fetcher(snap, experiment_id, epoch)) if cfg.cache.enabled
+                        else (config["records"], config["preprocessor"]))
         rng = np.random.default_rng([cfg.training.seed, epoch, rank])
         with CropBatchStream(items, fetch, snap.ratio, cfg.sampler, cfg.augmentation, cfg.training.batch_size,
                              seed=cfg.training.seed, rng=rng, rank=rank, world_size=world, epoch=epoch,
@@ -109,7 +113,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         stop = False
         if rank == 0:
-            call(cache, "report_progress", experiment_id, epoch, {"loss": stats.loss})
+            cache.call("report_progress", experiment_id, epoch, {"loss": stats.loss})
             if pending is not None and ray.wait([pending], timeout=0)[0]:
                 ray.get(pending)  # a validation that failed stops the run with its error
                 pending = None
