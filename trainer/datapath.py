@@ -64,7 +64,7 @@ _END = object()
 
 
 @dataclass(frozen=True)
-class _Crop:
+class PlannedCrop:
     """One planned crop: the volume it comes from, its centre, and whether it is positive."""
 
     volume: PreparedVolume
@@ -73,17 +73,40 @@ class _Crop:
 
 
 @dataclass(frozen=True)
-class _BatchPlan:
+class BatchPlan:
     """Everything random about one batch, drawn by the planner; copying it needs no generator."""
 
-    crops: list[_Crop]
+    crops: list[PlannedCrop]
     flips: np.ndarray  # (B, 3) axes to mirror while copying
     augment_seed: int | None  # seed of the batch's intensity augmentation; None: augmentation is off
+
+
+BatchCutter = Callable[[BatchPlan], Batch]
+"""Executes a batch plan: the host cutter below, or the device one (``trainer.device_crops``)."""
 
 
 def _augmentation_off(cfg: AugmentConfig) -> bool:
     """True when no post-flip transform can fire, so the augmentation pass can be skipped."""
     return max(cfg.affine_prob, cfg.contrast_prob, cfg.scale_prob, cfg.shift_prob) <= 0.0
+
+
+class HostCutter:
+    """Cuts planned crops on the CPU straight into one batch array, augments it in place, wraps as tensors."""
+
+    def __init__(self, patch: Sequence[int], augment: AugmentConfig) -> None:
+        self.patch = tuple(int(p) for p in patch)
+        self.augment_rest = without_flip(augment)  # flips happen while copying
+
+    def __call__(self, plan: BatchPlan) -> Batch:
+        crops, first = plan.crops, plan.crops[0].volume
+        images = np.empty((len(crops), first.image.shape[0], *self.patch), dtype=np.float32)
+        labels = np.empty((len(crops), first.label.shape[0], *self.patch), dtype=np.uint8)
+        for i, c in enumerate(crops):
+            crop_into(images[i], labels[i], c.volume.image, c.volume.label, c.centre, self.patch, flip=plan.flips[i])
+        if plan.augment_seed is not None:
+            augment_batch(images, labels, self.augment_rest, np.random.default_rng(plan.augment_seed), inplace=True)
+        positive = torch.tensor([c.positive for c in crops], dtype=torch.bool)
+        return {"image": torch.from_numpy(images), "label": torch.from_numpy(labels), "positive": positive}
 
 
 class CropBatchStream:
@@ -102,7 +125,7 @@ class CropBatchStream:
                  sampler: SamplerConfig, augment: AugmentConfig, batch_size: int, seed: int = 0,
                  rank: int = 0, world_size: int = 1, epoch: int = 0, prefetch: int = 2,
                  steps: int | None = None, rng: np.random.Generator | None = None,
-                 copy_threads: int = 1, keep_fetched: bool = False) -> None:
+                 copy_threads: int = 1, keep_fetched: bool = False, cutter: BatchCutter | None = None) -> None:
         if batch_size < 1 or prefetch < 1 or copy_threads < 1:
             raise ValueError(f"batch_size ({batch_size}), prefetch ({prefetch}) and copy_threads ({copy_threads}) "
                              "must be >= 1")
@@ -118,6 +141,7 @@ class CropBatchStream:
         self.window = max(1, math.ceil(2 * batch_size / sampler.samples_per_volume))
         self.patch = tuple(int(p) for p in sampler.patch_size)
         self.augment_rest = without_flip(augment)  # flips happen while copying
+        self.cut = cutter if cutter is not None else HostCutter(self.patch, augment)
         self.keep_fetched = keep_fetched
         self._fetched: dict[int, PreparedVolume] = {}
         self.wait_seconds = 0.0
@@ -156,34 +180,22 @@ class CropBatchStream:
             volume = self._fetched[position] = self.fetch(self.refs[position])
         return volume
 
-    def _plan(self, positions: list[int]) -> list[_Crop]:
+    def _plan(self, positions: list[int]) -> list[PlannedCrop]:
         """Centres for every crop of a window, shuffled across its volumes."""
-        plan: list[_Crop] = []
+        plan: list[PlannedCrop] = []
         for position in positions:
             volume = self._volume(position)
             centres, positive = choose_centres(volume, self.sampler.samples_per_volume, self.ratio, self.rng)
-            plan.extend(_Crop(volume, c, bool(p)) for c, p in zip(centres, positive))
+            plan.extend(PlannedCrop(volume, c, bool(p)) for c, p in zip(centres, positive))
         return [plan[i] for i in self.rng.permutation(len(plan))]
 
-    def _plan_batch(self, crops: list[_Crop]) -> _BatchPlan:
+    def _plan_batch(self, crops: list[PlannedCrop]) -> BatchPlan:
         """Draw the rest of a batch's randomness (flips, augmentation seed) in planner order."""
         flips = draw_flips(len(crops), self.augment, self.rng)
         seed = None if _augmentation_off(self.augment_rest) else int(self.rng.integers(2 ** 63))
-        return _BatchPlan(crops, flips, seed)
+        return BatchPlan(crops, flips, seed)
 
-    def _make_batch(self, plan: _BatchPlan) -> Batch:
-        """Copy planned crops straight into one batch array, augment it in place, wrap as tensors."""
-        crops, first = plan.crops, plan.crops[0].volume
-        images = np.empty((len(crops), first.image.shape[0], *self.patch), dtype=np.float32)
-        labels = np.empty((len(crops), first.label.shape[0], *self.patch), dtype=np.uint8)
-        for i, c in enumerate(crops):
-            crop_into(images[i], labels[i], c.volume.image, c.volume.label, c.centre, self.patch, flip=plan.flips[i])
-        if plan.augment_seed is not None:
-            augment_batch(images, labels, self.augment_rest, np.random.default_rng(plan.augment_seed), inplace=True)
-        positive = torch.tensor([c.positive for c in crops], dtype=torch.bool)
-        return {"image": torch.from_numpy(images), "label": torch.from_numpy(labels), "positive": positive}
-
-    def _plans(self) -> Iterator[_BatchPlan]:
+    def _plans(self) -> Iterator[BatchPlan]:
         """At most ``self.steps`` batch plans; crops left over from a window join the next one."""
         made, pending = 0, []
         for positions in self._windows():
@@ -210,7 +222,7 @@ class CropBatchStream:
         """Planner loop: plans in order; copies inline (one thread) or as futures, queued in order."""
         try:
             for plan in self._plans():
-                item = self._make_batch(plan) if self._pool is None else self._pool.submit(self._make_batch, plan)
+                item = self.cut(plan) if self._pool is None else self._pool.submit(self.cut, plan)
                 if not self._put(item):
                     return
             self._put(_END)

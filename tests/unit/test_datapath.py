@@ -11,7 +11,7 @@ import torch
 
 from common.config import AugmentConfig, SamplerConfig
 from common.volume import PreparedVolume, class_voxel_indices
-from trainer.datapath import BatchProducerError, CropBatchStream, shard
+from trainer.datapath import BatchPlan, BatchProducerError, CropBatchStream, HostCutter, shard
 
 SAMPLER = SamplerConfig(patch_size=(8, 8, 8), samples_per_volume=3, ratio_bounds=(0.1, 10.0))
 AUG = AugmentConfig(flip_prob=0.5, shift_prob=0.5)
@@ -174,19 +174,15 @@ def test_copy_threads_give_the_same_batches_as_one_thread(threads: int) -> None:
 def test_copy_threads_deliver_in_order_when_copies_finish_out_of_order() -> None:
     """A slow first volume must not let later batches overtake it."""
     slow_ids = {"v0", "v1"}
-    original = CropBatchStream._make_batch
+    host = HostCutter(SAMPLER.patch_size, AUG)
 
-    def make_batch(self, plan):  # noqa: ANN001 -- patched method
+    def slow_cutter(plan: BatchPlan) -> dict:
         if any(c.volume.item_id in slow_ids for c in plan.crops):
             time.sleep(0.02)
-        return original(self, plan)
+        return host(plan)
 
-    try:
-        CropBatchStream._make_batch = make_batch
-        with stream(copy_threads=3, batch_size=1) as many:
-            got = list(many)
-    finally:
-        CropBatchStream._make_batch = original
+    with stream(copy_threads=3, batch_size=1, cutter=slow_cutter) as many:
+        got = list(many)
     with stream(copy_threads=1, batch_size=1) as one:
         assert_same_batches(got, list(one))
 
