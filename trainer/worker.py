@@ -24,6 +24,7 @@ import torch.distributed as dist
 from cache_service.sdk import Experiment
 from common.config import config_from_dict
 from trainer.model import AmpPolicy, build_loss, build_model, build_optimizer
+from trainer.device_crops import DeviceVolumes
 from trainer.staging import DeviceStager
 from trainer.steps import run_epoch, seed_everything
 
@@ -90,7 +91,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     amp = AmpPolicy.for_device(device, cfg.training)
     scaler = amp.scaler()
     start_epoch = _restore(model, optimizer, scaler, config.get("resume_from"))
-    stager = DeviceStager(device)  # pinned, reused buffers and a copy stream on CUDA; pass-through on CPU
+    # crops cut on the training device (sampler.device: cuda) need no host-to-device copy; otherwise
+    # batches go through pinned, reused buffers and a copy stream on CUDA (a pass-through on CPU)
+    on_device = cfg.sampler.device == "cuda" and cfg.cache.enabled
+    device_volumes = DeviceVolumes(device, cfg.sampler.gpu_cache_bytes) if on_device else None
+    stager = None if on_device else DeviceStager(device)
 
     exp: Experiment = config["experiment_handle"]
     if not cfg.cache.enabled:  # the baseline: this worker loads and preprocesses every volume every epoch
@@ -101,7 +106,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ray.get(validator.trainer_started.remote(start_epoch, time.time()))
     pending, last_validated = None, start_epoch - cfg.validation.interval
     for epoch in range(start_epoch, cfg.training.epochs):
-        with exp.batches(epoch, rank=rank, world_size=world) as batches:
+        with exp.batches(epoch, rank=rank, world_size=world, device_volumes=device_volumes) as batches:
             stats = run_epoch(model, batches, loss_fn, optimizer, amp, scaler, device, epoch, batches.ratio,
                               batches.generation, stager=stager)
             stats.wait_seconds = batches.wait_seconds

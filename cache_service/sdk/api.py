@@ -36,6 +36,7 @@ from common.chain import UserChain, split_user_chain
 from common.config import AugmentConfig, ExperimentConfig, SamplerConfig, config_from_dict
 from common.preprocess import Preprocessor
 from common.volume import PreparedVolume
+from trainer.device_crops import DeviceVolumes
 
 
 def _init_ray(address: str | None) -> None:
@@ -104,9 +105,13 @@ class Experiment:
 
     def batches(self, epoch: int, *, rank: int = 0, world_size: int = 1,
                 patch_size: Sequence[int] | None = None, batch_size: int | None = None,
-                samples_per_volume: int | None = None, steps: int | None = None) -> CropBatches:
+                samples_per_volume: int | None = None, steps: int | None = None,
+                device_volumes: DeviceVolumes | None = None) -> CropBatches:
         """This rank's crop batches for ``epoch``: dicts of ``image`` (B, C, *patch) float32,
         ``label`` (B, 1, *patch) uint8 and ``positive`` (B,) bool. Use ``with`` or iterate to the end.
+
+        Pass the same ``device_volumes`` (a :class:`trainer.device_crops.DeviceVolumes` for your
+        GPU) every epoch to cut crops on the GPU from volumes uploaded once per pool generation.
 
         Raises :class:`~common.errors.DataError` if a volume is smaller than ``patch_size``.
         """
@@ -117,7 +122,7 @@ class Experiment:
         if items is None and hasattr(self.cache, "fetcher"):  # survives the death of the volumes' owner
             fetch = self.cache.fetcher(snap, self.id, epoch)
         return protocol.crop_batches(snap, settings, epoch=epoch, rank=rank, world_size=world_size,
-                                     items=items, fetch=fetch)
+                                     items=items, fetch=fetch, device_volumes=device_volumes)
 
     def dataset(self, *, rank: int | None = None, world_size: int | None = None, **overrides: Any) -> CropDataset:
         """An ``IterableDataset`` of batches (``DataLoader(ds, batch_size=None, pin_memory=True)``)."""

@@ -6,7 +6,9 @@ producer) and adds what belongs to one consumer rather than to the shared cache:
 * the patch-size check: a volume smaller than *this* experiment's patch raises a
   :class:`~common.errors.DataError` naming the file (it is not padded, and it is not
   quarantined at the cache, where it would be lost to experiments with smaller patches);
-* the user's random MONAI suffix, run on every crop after the service's pos/neg crop.
+* the user's random MONAI suffix, run on every crop after the service's pos/neg crop;
+* where crops are cut: on the host (default) or, given ``device_volumes``, on the training
+  device from volumes uploaded once per pool generation (``sampler.device: cuda``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from common.config import AugmentConfig, SamplerConfig
 from common.errors import ConfigError, SmartCacheError
 from common.volume import PreparedVolume
 from trainer.datapath import Batch, BatchProducerError, CropBatchStream
+from trainer.device_crops import DeviceCutter, DeviceVolumes
 
 NO_AUGMENT = AugmentConfig(flip_prob=0.0, shift_prob=0.0)
 
@@ -69,7 +72,8 @@ class CropBatches:
     """Iterator over one rank's crop batches for one epoch; use as a context manager (stops the producer)."""
 
     def __init__(self, snapshot: Snapshot, settings: ConsumerSettings, *, epoch: int, rank: int, world_size: int,
-                 items: Sequence[Any] | None = None, fetch: Callable[[Any], PreparedVolume] | None = None) -> None:
+                 items: Sequence[Any] | None = None, fetch: Callable[[Any], PreparedVolume] | None = None,
+                 device_volumes: DeviceVolumes | None = None) -> None:
         self.snapshot, self.settings, self.epoch = snapshot, settings, epoch
         load = fetch or ray.get
         patch = settings.sampler.patch_size
@@ -84,10 +88,17 @@ class CropBatches:
             self.suffix.set_random_state(seed=int(np.random.default_rng([settings.seed, epoch, rank, 1])
                                                   .integers(2**31)))
         augment = settings.augment if self.suffix is None else NO_AUGMENT
+        cutter = None
+        if device_volumes is not None:
+            device_volumes.keep_only(snapshot.item_ids)  # volumes that left the pool free their device memory
+            cutter = DeviceCutter(device_volumes, patch, augment)
+        # volumes from the object store are immutable zero-copy views: fetch each once per epoch;
+        # a loader (the no-cache baseline) must not be memoised, or the stream becomes a private cache
         self.stream = CropBatchStream(list(snapshot.refs) if items is None else list(items), checked, snapshot.ratio,
                                       settings.sampler, augment, settings.batch_size, seed=settings.seed,
                                       rng=np.random.default_rng([settings.seed, epoch, rank]), rank=rank,
-                                      world_size=world_size, epoch=epoch, steps=settings.steps)
+                                      world_size=world_size, epoch=epoch, steps=settings.steps,
+                                      keep_fetched=items is None, cutter=cutter)
 
     @property
     def ratio(self) -> float:

@@ -42,6 +42,7 @@ from cache_service.status import ExperimentStatus, SamplerReport
 from common.config import SamplerConfig
 from common.errors import UnknownItemError
 from common.ratio import class_counts, error_indices, next_ratio
+from trainer.device_crops import DeviceVolumes
 
 
 def _call(cache: Any, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -71,9 +72,12 @@ def epoch_snapshot(cache: ActorHandle, experiment_id: str, epoch: int) -> Snapsh
 
 # 4. crop --------------------------------------------------------------------------------------
 def crop_batches(snapshot: Snapshot, settings: ConsumerSettings, *, epoch: int, rank: int, world_size: int,
-                 items: Sequence[Any] | None = None, fetch: Callable[[Any], Any] | None = None) -> CropBatches:
-    """This rank's crop batches for one epoch (``items``/``fetch``: load elsewhere, e.g. the no-cache baseline)."""
-    return CropBatches(snapshot, settings, epoch=epoch, rank=rank, world_size=world_size, items=items, fetch=fetch)
+                 items: Sequence[Any] | None = None, fetch: Callable[[Any], Any] | None = None,
+                 device_volumes: DeviceVolumes | None = None) -> CropBatches:
+    """This rank's crop batches for one epoch (``items``/``fetch``: load elsewhere, e.g. the no-cache baseline;
+    ``device_volumes``: cut the crops on that device)."""
+    return CropBatches(snapshot, settings, epoch=epoch, rank=rank, world_size=world_size, items=items, fetch=fetch,
+                       device_volumes=device_volumes)
 
 
 # 5. report progress ---------------------------------------------------------------------------
