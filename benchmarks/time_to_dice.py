@@ -114,7 +114,7 @@ def main() -> None:
 
     import ray
 
-    ray.init(num_cpus=args.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
     base = load_config(args.config, [f"data.dataset_dir={args.data}", *args.overrides])
     out = Path(args.out)
     results = []

@@ -142,6 +142,21 @@ def _short(err: BaseException) -> str:
     return "\n".join(keep[:8])
 
 
+def _attach_and_fill(catalog: Catalog, cfg: ExperimentConfig, fp: str, experiment_id: str,
+                     show_progress: bool) -> tuple[Any, float]:
+    """Attach to (or create) the shared cache, wait for it to fill, register; returns (handle, fill seconds)."""
+    cache = get_or_create_cache(catalog, cfg, fp)
+    t_fill = time.time()
+    status = wait_until_ready(cache, progress=show_progress)
+    for q in status.quarantined:
+        print(f"warning: {q.item_id} ({q.split}) is quarantined and left out: {q.error}")
+    _require_usable(status, catalog)
+    fill_s = time.time() - t_fill
+    call(cache, "register", experiment_id, {"name": cfg.name, "lr": cfg.training.lr,
+                                            "optimizer": cfg.training.optimizer})
+    return cache, fill_s
+
+
 def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
     """Run one experiment on the connected Ray cluster and write its report to ``opts.out_dir``."""
     t_start = time.time()
@@ -151,27 +166,23 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
     check_fits_cluster(cfg)
     fp = fingerprint(catalog, cfg.preprocessing)
     experiment_id = f"{cfg.name}-{uuid.uuid4().hex[:6]}"
-    cache = get_or_create_cache(catalog, cfg, fp)
-    t_fill = time.time()
-    status = wait_until_ready(cache, progress=opts.show_progress)
-    for q in status.quarantined:
-        print(f"warning: {q.item_id} ({q.split}) is quarantined and left out: {q.error}")
-    _require_usable(status, catalog)
-    fill_s = time.time() - t_fill
-    call(cache, "register", experiment_id, {"name": cfg.name, "lr": cfg.training.lr,
-                                            "optimizer": cfg.training.optimizer})
+    cache, fill_s = None, 0.0
+    if cfg.cache.enabled:
+        cache, fill_s = _attach_and_fill(catalog, cfg, fp, experiment_id, opts.show_progress)
+    # the cache's own chain (CT statistics are read back from the stats folder, not recomputed): without a
+    # cache, trainers and validation run it themselves, and model.pt records its normalisation for predict
+    prep = build_preprocessor(catalog, cfg.preprocessing, cfg.sampler.patch_size, cfg.cache.stats_path(), fp)
     num_classes, in_channels = catalog.num_classes, in_channels_of(catalog)
+    own_volumes = None if cfg.cache.enabled else (list(catalog.val), prep)
     validator = ray.remote(ValidationService).options(
         name=f"validator-{experiment_id}", namespace=cfg.cache.namespace, num_cpus=cfg.validation.num_cpus,
-        max_concurrency=2, num_gpus=0).remote(cfg.to_dict(), fp, experiment_id, num_classes, in_channels, t_start)
+        max_concurrency=2, num_gpus=0).remote(cfg.to_dict(), fp, experiment_id, num_classes, in_channels, t_start,
+                                              own_volumes)
     resume_from = latest_checkpoint(opts.out_dir) if opts.resume else None
     loop_config = {"experiment": cfg.to_dict(), "fingerprint": fp, "experiment_id": experiment_id,
                    "validator_name": f"validator-{experiment_id}", "num_classes": num_classes,
                    "in_channels": in_channels, "t_start": t_start,
                    "resume_from": resume_from.path if resume_from is not None else None}
-    # the cache's own chain (CT statistics are read back from the stats folder, not recomputed):
-    # baseline workers run it every epoch, and model.pt records its normalisation for predict
-    prep = build_preprocessor(catalog, cfg.preprocessing, cfg.sampler.patch_size, cfg.cache.stats_path(), fp)
     if not cfg.cache.enabled:  # the baseline: workers prepare every volume again every epoch
         loop_config["records"] = list(catalog.train)
         loop_config["preprocessor"] = prep
@@ -188,7 +199,8 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
     finally:
         ray.kill(validator)
         try:
-            call(cache, "unregister", experiment_id)
+            if cache is not None:
+                call(cache, "unregister", experiment_id)
         except CacheUnavailableError:
             pass
     resumed = None

@@ -1,11 +1,12 @@
 """The validation actor: one per experiment, beside the trainers, never in their way.
 
 A thin shell around :class:`trainer.validation.Validator`: it reads the validation
-volumes from the shared cache once (whole volumes, deterministic prefix only), runs when
+volumes from the shared cache once (whole volumes, deterministic prefix only; without a
+cache it prepares them itself, once, with the same preprocessor), runs when
 rank 0 hands it weights, keeps the best weights for the final picture, and publishes
 Dice, r_FP, r_FN and the next ratio to the cache registry, where the trainers pick the
-ratio up at their next epoch. Run as a threaded actor so ``best()`` answers while a
-validation is in progress.
+ratio up at their next epoch (without a cache, from :meth:`ratio`). Run as a threaded
+actor so ``best()`` answers while a validation is in progress.
 """
 
 from __future__ import annotations
@@ -19,17 +20,21 @@ import ray
 import torch
 
 from cache_service.client import attach, call
+from common.catalog import Record
 from common.config import config_from_dict
+from common.preprocess import Preprocessor
 from common.volume import PreparedVolume
 from trainer.validation import ValidationResult, Validator, predict_volume
 
 
 class ValidationService:
     def __init__(self, experiment: dict[str, Any], fingerprint: str, experiment_id: str, num_classes: int,
-                 in_channels: int, t_start: float) -> None:
+                 in_channels: int, t_start: float,
+                 own_volumes: tuple[list[Record], Preprocessor] | None = None) -> None:
         self.cfg = config_from_dict(experiment)
         self.experiment_id, self.t_start = experiment_id, t_start
-        self.cache = attach(fingerprint, self.cfg.cache.namespace)
+        self.own_volumes = own_volumes  # (validation records, preprocessor) when there is no cache
+        self.cache = attach(fingerprint, self.cfg.cache.namespace) if own_volumes is None else None
         self.validator = Validator(self.cfg, num_classes, in_channels, publish=self._publish)
         self._lock = threading.Lock()
         self._rows: list[dict[str, Any]] = []
@@ -38,7 +43,10 @@ class ValidationService:
         self._volumes: list[PreparedVolume] | None = None
         self._val_refs: tuple[Any, ...] = ()
 
-    def _volumes_from_cache(self) -> list[PreparedVolume]:
+    def _validation_volumes(self) -> list[PreparedVolume]:
+        if self._volumes is None and self.own_volumes is not None:
+            records, preprocessor = self.own_volumes
+            self._volumes = [preprocessor(r) for r in records]
         if self._volumes is None:
             snap = call(self.cache, "val_snapshot")
             self._val_refs = snap.refs  # holding the refs keeps the volumes readable
@@ -46,12 +54,17 @@ class ValidationService:
         return self._volumes
 
     def _publish(self, result: ValidationResult) -> None:
-        call(self.cache, "publish_sampler", self.experiment_id, result.ratio, result.r_fp, result.r_fn,
-             list(result.dice_per_class), result.mean_dice, result.epoch)
+        if self.cache is not None:
+            call(self.cache, "publish_sampler", self.experiment_id, result.ratio, result.r_fp, result.r_fn,
+                 list(result.dice_per_class), result.mean_dice, result.epoch)
+
+    def ratio(self) -> float:
+        """The latest pos/neg ratio, for trainers when there is no cache registry to hold it."""
+        return float(self.validator.ratio)
 
     def validate(self, epoch: int, weights: dict[str, torch.Tensor], train_time_s: float) -> dict[str, Any]:
         with self._lock:  # one validation at a time; best() stays answerable
-            result = self.validator.validate(epoch, weights, self._volumes_from_cache())
+            result = self.validator.validate(epoch, weights, self._validation_volumes())
             row = {**result.to_dict(), "time_s": time.time() - self.t_start, "train_time_s": train_time_s}
             self._rows.append(row)
             if self._best is None or result.mean_dice > self._best[0]:
@@ -77,7 +90,7 @@ class ValidationService:
     def example_case(self) -> tuple[str, np.ndarray, np.ndarray, np.ndarray] | None:
         """(id, image, label, prediction) of the first validation case under the best weights."""
         with self._lock:
-            volumes = self._volumes_from_cache()
+            volumes = self._validation_volumes()
             if self._best is None or not volumes:
                 return None
             self.validator.load_weights(self._best[1])

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from cache_service.client import attach, call
 from common.config import config_from_dict
 from trainer.datapath import CropBatchStream
+from trainer.loader import PreprocessingBatchStream
 from trainer.model import AmpPolicy, build_loss, build_model, build_optimizer
 from trainer.steps import run_epoch, seed_everything
 
@@ -76,6 +77,33 @@ def _report(metrics: dict[str, Any], model: torch.nn.Module, optimizer: torch.op
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
+def _shared_ratio(validator: Any, rank: int, device: torch.device) -> float:
+    """Without a cache: the validation actor's latest ratio as rank 0 reads it, the same on every rank."""
+    ratio = ray.get(validator.ratio.remote()) if rank == 0 else 0.0
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return ratio
+    t = torch.tensor([ratio], dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return float(t.item())
+
+
+def _epoch_batches(cfg: Any, config: dict[str, Any], cache: Any, validator: Any, epoch: int, rank: int,
+                   world: int, device: torch.device) -> tuple[Any, float, int]:
+    """(batch stream, ratio, pool generation) for one epoch: from the cache's snapshot, or,
+    without a cache (the baseline), from a DataLoader that loads and preprocesses every volume."""
+    rng = np.random.default_rng([cfg.training.seed, epoch, rank])
+    common = dict(seed=cfg.training.seed, rank=rank, world_size=world, epoch=epoch,
+                  steps=cfg.training.steps_per_epoch)
+    if cache is None:
+        ratio = _shared_ratio(validator, rank, device)
+        return PreprocessingBatchStream(config["records"], config["preprocessor"], ratio, cfg.sampler,
+                                        cfg.augmentation, cfg.training.batch_size, cfg.training.loader_workers,
+                                        **common), ratio, 0
+    snap = call(cache, "snapshot", config["experiment_id"], epoch=epoch)
+    return CropBatchStream(snap.refs, ray.get, snap.ratio, cfg.sampler, cfg.augmentation, cfg.training.batch_size,
+                           rng=rng, **common), snap.ratio, snap.generation
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = config_from_dict(config["experiment"])
     ctx = ray.train.get_context()
@@ -85,29 +113,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     model = ray.train.torch.prepare_model(build_model(cfg.training, config["in_channels"], config["num_classes"]))
     optimizer = build_optimizer(cfg.training, model.parameters())
-    loss_fn = build_loss()
+    loss_fn = build_loss(cfg.training.loss)
     amp = AmpPolicy.for_device(device, cfg.training)
     scaler = amp.scaler()
     start_epoch = _restore(model, optimizer, scaler, config.get("resume_from"))
 
-    cache = attach(config["fingerprint"], cfg.cache.namespace)
+    cache = attach(config["fingerprint"], cfg.cache.namespace) if cfg.cache.enabled else None
     validator = ray.get_actor(config["validator_name"], namespace=cfg.cache.namespace)
     experiment_id, t_start = config["experiment_id"], config["t_start"]
     pending, last_validated = None, start_epoch - cfg.validation.interval
     for epoch in range(start_epoch, cfg.training.epochs):
-        snap = call(cache, "snapshot", experiment_id, epoch=epoch)
-        items, fetch = (snap.refs, ray.get) if cfg.cache.enabled else (config["records"], config["preprocessor"])
-        rng = np.random.default_rng([cfg.training.seed, epoch, rank])
-        with CropBatchStream(items, fetch, snap.ratio, cfg.sampler, cfg.augmentation, cfg.training.batch_size,
-                             seed=cfg.training.seed, rng=rng, rank=rank, world_size=world, epoch=epoch,
-                             steps=cfg.training.steps_per_epoch) as batches:
-            stats = run_epoch(model, batches, loss_fn, optimizer, amp, scaler, device, epoch, snap.ratio,
-                              snap.generation)
+        stream, ratio, generation = _epoch_batches(cfg, config, cache, validator, epoch, rank, world, device)
+        with stream as batches:
+            stats = run_epoch(model, batches, loss_fn, optimizer, amp, scaler, device, epoch, ratio, generation)
             stats.wait_seconds = batches.wait_seconds
 
         stop = False
         if rank == 0:
-            call(cache, "report_progress", experiment_id, epoch, {"loss": stats.loss})
+            if cache is not None:
+                call(cache, "report_progress", experiment_id, epoch, {"loss": stats.loss})
             if pending is not None and ray.wait([pending], timeout=0)[0]:
                 ray.get(pending)  # a validation that failed stops the run with its error
                 pending = None

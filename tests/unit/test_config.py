@@ -40,6 +40,9 @@ def test_yaml_and_overrides(tmp_path: Path):
     ("augmentation.flip_prob=2", "augmentation.flip_prob", "probability"),
     ("validation.overlap=1.0", "validation.overlap", "[0, 1)"),
     ("preprocessing.normalization=zscore", "preprocessing.normalization", "auto, ct, mri, none"),
+    ("training.loss=focal", "training.loss", "dice_ce"),
+    ("training.weight_decay=-0.1", "training.weight_decay", ">= 0"),
+    ("training.loader_workers=-1", "training.loader_workers", ">= 0"),
 ])
 def test_wrong_value_names_field_value_and_allowed(override, field, words):
     with pytest.raises(ConfigError) as info:
@@ -72,3 +75,9 @@ def test_config_error_survives_pickling():
     import pickle
     err = pickle.loads(pickle.dumps(ConfigError("a.b", 3, "an integer")))
     assert isinstance(err, ConfigError) and err.field == "a.b" and "a.b" in str(err)
+
+
+def test_loss_weight_decay_and_loader_workers_load_from_overrides():
+    cfg = load_config(None, ["training.loss=dice_ce", "training.weight_decay=1e-5", "training.loader_workers=0"])
+    assert (cfg.training.loss, cfg.training.weight_decay, cfg.training.loader_workers) == ("dice_ce", 1e-5, 0)
+    assert ExperimentConfig().training.loss == "dice"  # the paper's Eq. 1 unless asked otherwise
