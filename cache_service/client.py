@@ -117,12 +117,18 @@ def wait_until_ready(handle: ActorHandle, timeout_s: float = 600.0, progress: bo
     status: CacheStatus = call(handle, "status")
     with tqdm(total=status.capacity + status.val_items_total, desc=f"cache {status.fingerprint}",
               unit="vol", disable=not progress) as bar:
+        shown = (0, bar.total)  # what the bar last drew (tqdm draws 0/total when it is made)
         while True:
-            bar.total = status.capacity + status.val_items_total - sum(q.split == "val" for q in status.quarantined)
-            bar.n = status.items_cached + status.val_items_cached
-            bar.refresh()
+            bad_train = sum(q.split == "train" for q in status.quarantined)
+            bad_val = len(status.quarantined) - bad_train
+            total = min(status.capacity, status.train_items - bad_train) + status.val_items_total - bad_val
+            now = (status.items_cached + status.val_items_cached, total)
+            bar.total, bar.n = total, now[0]
             if status.state == "ready":
-                return status
+                return status  # closing the bar draws the final state once
+            if now != shown:  # redraw on change only: a log or pipe gets one line per step, not one per poll
+                bar.refresh()
+                shown = now
             if time.monotonic() > deadline:
                 raise CacheUnavailableError(status.name, f"not warm after {timeout_s:.0f}s ({bar.n}/{bar.total})")
             time.sleep(poll_s)

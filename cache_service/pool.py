@@ -199,7 +199,7 @@ class CacheBook:
             budget_message="; ".join(m for m in (self.budget_message, self.val_budget_message) if m), generation=self.plan.generation, rotations=self.rotations,
             replace_num=self.plan.replace_num, replacements_pending=len(self.in_flight),
             replacements_ready=len(self.entries) - len(pool), val_items_total=len(self.val_ids),
-            val_items_cached=len(self.val_entries), use_counts=dict(self.use_counts),
+            val_items_cached=len(self.val_entries), val_items=list(self.val_entries), use_counts=dict(self.use_counts),
             prep_seconds_spent=self.prep_seconds_spent, seconds_saved=self.seconds_saved,
             disk_hits=self.disk_hits, disk_rejected=list(self.disk_rejected),
             quarantined=list(self.quarantined.values()))

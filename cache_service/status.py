@@ -60,6 +60,7 @@ class CacheStatus(BaseModel):
     replacements_ready: int
     val_items_total: int
     val_items_cached: int
+    val_items: list[str] = Field(default_factory=list)  # ids of the validation volumes held (whole, not in the pool)
     use_counts: dict[str, int] = Field(default_factory=dict)
     prep_seconds_spent: float = 0.0
     seconds_saved: float = 0.0

@@ -195,6 +195,7 @@ class TrainingConfig:
     strides: tuple[int, ...] = (2, 2, 2, 2)
     num_res_units: int = 2
     worker_num_cpus: float = 1.0
+    worker_num_gpus: float = 1.0  # GPUs per DDP worker when use_gpu; 0.5 leaves half a GPU to validation
     steps_per_epoch: int | None = None  # None: one pass over the worker's shard
     checkpoint_every: int = 10  # epochs between Ray Train checkpoints (and at the last epoch)
     time_limit_s: float | None = None  # stop after this many seconds even if the target is not reached
@@ -216,6 +217,8 @@ class TrainingConfig:
         _check(len(self.strides) == len(self.channels) - 1, "training.strides", self.strides,
                f"one stride fewer than channels ({len(self.channels)} channels)")
         _check(self.worker_num_cpus > 0, "training.worker_num_cpus", self.worker_num_cpus, "a CPU share > 0")
+        _check(0 < self.worker_num_gpus <= 1 or float(self.worker_num_gpus).is_integer(), "training.worker_num_gpus",
+               self.worker_num_gpus, "a GPU share in (0, 1] or a whole number of GPUs")
         if self.time_limit_s is not None:
             _check(self.time_limit_s > 0, "training.time_limit_s", self.time_limit_s, "seconds > 0, or null")
         _check(self.checkpoint_every >= 1, "training.checkpoint_every", self.checkpoint_every, "an integer >= 1")
@@ -233,6 +236,10 @@ class ValidationConfig:
     keep_largest_component: bool = False
     sw_batch_size: int = 1
     num_cpus: float = 0.5
+    # GPUs of the validation actor whenever training uses GPUs (ignored on CPU runs): a share such
+    # as 0.5 runs beside a trainer on one GPU; a whole number >= 2 splits the validation volumes
+    # across that many GPUs, as the paper does.
+    num_gpus: float = 0.5
 
     def __post_init__(self) -> None:
         _check(len(self.roi_size) == 3 and all(int(r) >= 1 for r in self.roi_size), "validation.roi_size",
@@ -240,6 +247,12 @@ class ValidationConfig:
         _check(0.0 <= self.overlap < 1.0, "validation.overlap", self.overlap, "a fraction in [0, 1)")
         _check(self.interval >= 1, "validation.interval", self.interval, "an integer >= 1 (epochs)")
         _check(self.sw_batch_size >= 1, "validation.sw_batch_size", self.sw_batch_size, "an integer >= 1")
+        _check(0 <= self.num_gpus <= 1 or float(self.num_gpus).is_integer(), "validation.num_gpus", self.num_gpus,
+               "0 (validate on CPU), a GPU share in (0, 1], or a whole number of GPUs to split the volumes over")
+
+    def gpus_for(self, training_uses_gpu: bool) -> float:
+        """The validation actor's GPU request: none for a CPU run, else ``num_gpus``."""
+        return float(self.num_gpus) if training_uses_gpu else 0.0
 
 
 @dataclass(frozen=True)

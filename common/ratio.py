@@ -3,8 +3,14 @@
 Validation measures how the model errs: if it misses foreground (false negatives
 dominate) training should see more positive crops; if it hallucinates foreground
 (false positives dominate) it should see more background. Eq. 4 turns the two error
-indices into the next pos/neg ratio. The "stable" indices (Eq. 5-6) add the true
-positives to both sides so the ratio does not swing wildly once errors become rare.
+indices into the next pos/neg ratio. The "stable" indices (Eq. 5-6) are, per class c,
+
+    r_FP = sum(p) / sum(p + g - p*g)      r_FN = sum(g) / sum(p + g - p*g)
+
+with p and g the binary prediction and ground truth of class c. The denominator is the
+union (FP + FN + TP: a true positive counted once), so both indices go to 1 as errors
+vanish and the ratio r_FN / r_FP settles at 1 instead of swinging on a handful of voxels.
+The plain indices (Eq. 2-3) are FP / (FP + FN) and FN / (FP + FN).
 Kept free of Ray and torch so the validation actor and the tests share one definition.
 """
 
@@ -36,8 +42,8 @@ def _class_indices(fp: int, fn: int, tp: int, formula: str) -> tuple[float, floa
     if formula == "plain":
         den = fp + fn
         return None if den == 0 else (fp / den, fn / den)
-    den = fp + fn + 2 * tp
-    return None if den == 0 else ((fp + tp) / den, (fn + tp) / den)
+    union = fp + fn + tp  # sum(p + g - p*g)
+    return None if union == 0 else ((fp + tp) / union, (fn + tp) / union)
 
 
 def error_indices(pred: Any, label: Any, num_classes: int, formula: str = "stable") -> tuple[float, float]:

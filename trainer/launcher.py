@@ -66,14 +66,33 @@ def check_fits_cluster(cfg: ExperimentConfig) -> None:
                           f"{cfg.training.num_workers} workers x {cfg.training.worker_num_cpus} CPU need {need:g} "
                           f"CPUs but the cluster has {cpus:g}; lower training.num_workers or "
                           "training.worker_num_cpus")
-    if cfg.training.use_gpu and resources.get("GPU", 0) < cfg.training.num_workers:
-        raise ConfigError("training.use_gpu", True, f"the cluster has {resources.get('GPU', 0):g} GPUs for "
-                          f"{cfg.training.num_workers} workers; set training.use_gpu=false or fewer workers")
+    gpus = float(resources.get("GPU", 0))
+    train_gpus = cfg.training.num_workers * cfg.training.worker_num_gpus
+    val_gpus = validator_resources(cfg)["num_gpus"]
+    if cfg.training.use_gpu and gpus < train_gpus + val_gpus:
+        raise ConfigError("training.use_gpu", True,
+                          f"the cluster has {gpus:g} GPUs; {cfg.training.num_workers} workers x "
+                          f"{cfg.training.worker_num_gpus:g} GPU + {val_gpus:g} for validation need "
+                          f"{train_gpus + val_gpus:g}. Share GPUs (e.g. training.worker_num_gpus=0.5 and "
+                          "validation.num_gpus=0.5 on one GPU), validate on CPU (validation.num_gpus=0), "
+                          "use fewer workers, or set training.use_gpu=false")
+
+
+def validator_resources(cfg: ExperimentConfig) -> dict[str, float]:
+    """The validation actor's Ray resources: GPUs whenever training has them (validation.num_gpus)."""
+    return {"num_cpus": cfg.validation.num_cpus, "num_gpus": cfg.validation.gpus_for(cfg.training.use_gpu)}
 
 
 def latest_checkpoint(out_dir: Path) -> ray.train.Checkpoint | None:
     candidates = sorted((out_dir / "ray_results").glob("*/checkpoint_*"), key=lambda p: p.stat().st_mtime)
     return ray.train.Checkpoint.from_directory(str(candidates[-1])) if candidates else None
+
+
+def _worker_resources(cfg: ExperimentConfig) -> dict[str, float]:
+    resources = {"CPU": cfg.training.worker_num_cpus}
+    if cfg.training.use_gpu:
+        resources["GPU"] = cfg.training.worker_num_gpus
+    return resources
 
 
 def _trainer(cfg: ExperimentConfig, loop_config: dict[str, Any], out_dir: Path, name: str) -> TorchTrainer:
@@ -83,7 +102,7 @@ def _trainer(cfg: ExperimentConfig, loop_config: dict[str, Any], out_dir: Path, 
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend=backend),
         scaling_config=ScalingConfig(num_workers=cfg.training.num_workers, use_gpu=cfg.training.use_gpu,
-                                     resources_per_worker={"CPU": cfg.training.worker_num_cpus}),
+                                     resources_per_worker=_worker_resources(cfg)),
         run_config=RunConfig(name=name, storage_path=str((out_dir / "ray_results").resolve()),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
@@ -120,7 +139,7 @@ def _write_outputs(out: Path, report: RunReport, rows: list[dict[str, Any]], val
                 [{"kind": "validation", **r} for r in val_rows])
     rank0 = [r for r in rows if r.get("rank", 0) == 0]
     write_tensorboard(out, rank0, val_rows)
-    plot_curves(out / "curves.png", rank0, val_rows, report.target_dice)
+    plot_curves(out / "curves.png", rank0, val_rows, report.target_dice, class_names=list(report.dice_per_class))
     if example is not None:
         item_id, image, label, pred = example
         plot_case(out / "validation_case.png", image, label, pred, f"validation case {item_id}")
@@ -175,9 +194,9 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
     num_classes, in_channels = catalog.num_classes, in_channels_of(catalog)
     own_volumes = None if cfg.cache.enabled else (list(catalog.val), prep)
     validator = ray.remote(ValidationService).options(
-        name=f"validator-{experiment_id}", namespace=cfg.cache.namespace, num_cpus=cfg.validation.num_cpus,
-        max_concurrency=2, num_gpus=0).remote(cfg.to_dict(), fp, experiment_id, num_classes, in_channels, t_start,
-                                              own_volumes)
+        name=f"validator-{experiment_id}", namespace=cfg.cache.namespace, max_concurrency=2,
+        **validator_resources(cfg)).remote(cfg.to_dict(), fp, experiment_id, num_classes, in_channels, t_start,
+                                           own_volumes)
     resume_from = latest_checkpoint(opts.out_dir) if opts.resume else None
     loop_config = {"experiment": cfg.to_dict(), "fingerprint": fp, "experiment_id": experiment_id,
                    "validator_name": f"validator-{experiment_id}", "num_classes": num_classes,

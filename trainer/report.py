@@ -62,8 +62,11 @@ def write_tensorboard(out: Path, train_rows: Sequence[dict[str, Any]], val_rows:
 
 
 def plot_curves(path: Path, train_rows: Sequence[dict[str, Any]], val_rows: Sequence[dict[str, Any]],
-                target: float) -> None:
-    """Dice, loss and the pos:neg ratio against wall time, one panel each."""
+                target: float, class_names: Sequence[str] = ()) -> list[str]:
+    """Dice, loss and the pos:neg ratio against wall time, one panel each; returns the Dice legend's labels.
+
+    Classes are labelled with the dataset's names (``dataset.json`` labels) where given.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,11 +77,12 @@ def plot_curves(path: Path, train_rows: Sequence[dict[str, Any]], val_rows: Sequ
         t = [r["time_s"] for r in val_rows]
         axes[0].plot(t, [r["mean_dice"] for r in val_rows], "o-", label="mean foreground")
         for c in range(len(val_rows[0]["dice_per_class"])):
-            axes[0].plot(t, [r["dice_per_class"][c] for r in val_rows], ".--", alpha=0.7, label=f"class {c + 1}")
+            name = class_names[c] if c < len(class_names) else f"class {c + 1}"
+            axes[0].plot(t, [r["dice_per_class"][c] for r in val_rows], ".--", alpha=0.7, label=name)
         axes[0].axhline(target, color="grey", ls=":", label=f"target {target:g}")
         axes[2].step(t, [r["ratio"] for r in val_rows], where="post", color="tab:purple")
     axes[0].set(title="validation Dice", xlabel="seconds", ylim=(0, 1))
-    axes[0].legend(fontsize=7)
+    legend = axes[0].legend(fontsize=7)
     if train_rows:
         axes[1].plot([r["time_s"] for r in train_rows], [r["loss"] for r in train_rows], "-", color="tab:red")
     axes[1].set(title="training loss (soft Dice)", xlabel="seconds")
@@ -86,6 +90,7 @@ def plot_curves(path: Path, train_rows: Sequence[dict[str, Any]], val_rows: Sequ
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return [text.get_text() for text in legend.get_texts()]
 
 
 def plot_case(path: Path, image: np.ndarray, label: np.ndarray, pred: np.ndarray, title: str) -> None:

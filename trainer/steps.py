@@ -16,23 +16,29 @@ import numpy as np
 import torch
 
 from trainer.model import AmpPolicy
+from trainer.staging import DeviceStager, prefetch_to_device
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed Python, numpy and torch; with ``deterministic`` also pin torch's algorithms."""
+    """Seed Python, numpy and torch; with ``deterministic`` pin torch's algorithms, otherwise let
+    cuDNN time its convolution algorithms once per input shape (crops have one shape, so this pays)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = not deterministic
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
 
 
 def train_step(model: torch.nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: torch.nn.Module,
                optimizer: torch.optim.Optimizer, amp: AmpPolicy, scaler: torch.amp.GradScaler,
-               device: torch.device) -> float:
-    """Forward under autocast, Dice loss, scaled backward, optimiser step; returns the loss."""
+               device: torch.device) -> torch.Tensor:
+    """Forward under autocast, Dice loss, scaled backward, optimiser step.
+
+    Returns the loss as a detached device tensor: reading it on the host (``float()``) would
+    make the host wait for the GPU every step, so callers sum on the device and read once.
+    """
     image = batch["image"].to(device, non_blocking=True)
     label = batch["label"].to(device, non_blocking=True).long()
     optimizer.zero_grad(set_to_none=True)
@@ -42,7 +48,7 @@ def train_step(model: torch.nn.Module, batch: Mapping[str, torch.Tensor], loss_f
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
-    return float(loss.detach())
+    return loss.detach()
 
 
 @dataclass
@@ -67,25 +73,33 @@ class EpochStats:
 
 def run_epoch(model: torch.nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], loss_fn: torch.nn.Module,
               optimizer: torch.optim.Optimizer, amp: AmpPolicy, scaler: torch.amp.GradScaler,
-              device: torch.device, epoch: int, ratio: float, generation: int) -> EpochStats:
-    """Train over ``batches``; time spent inside ``next()`` counts as waiting for data."""
+              device: torch.device, epoch: int, ratio: float, generation: int,
+              stager: DeviceStager | None = None) -> EpochStats:
+    """Train over ``batches``; time spent inside ``next()`` counts as waiting for data.
+
+    With a ``stager`` the next batch's host-to-device copy is issued before the current step
+    runs (pinned buffers, side stream on CUDA). The loss is summed on the device and read once
+    at the end, so no step makes the host wait for the GPU.
+    """
     model.train()
-    losses: list[float] = []
-    crops = positives = 0
+    loss_sum = torch.zeros((), device=device)
+    steps = crops = positives = 0
     wait = compute = 0.0
-    iterator = iter(batches)
+    iterator = iter(batches) if stager is None else prefetch_to_device(batches, stager)
     while True:
         t0 = time.perf_counter()
         batch = next(iterator, None)
         t1 = time.perf_counter()
         if batch is None:
             break
-        losses.append(train_step(model, batch, loss_fn, optimizer, amp, scaler, device))
+        loss_sum += train_step(model, batch, loss_fn, optimizer, amp, scaler, device)
+        steps += 1
         t2 = time.perf_counter()
         wait += t1 - t0
         compute += t2 - t1
         crops += int(batch["image"].shape[0])
         if "positive" in batch:
-            positives += int(torch.as_tensor(batch["positive"]).sum())
-    return EpochStats(epoch, float(np.mean(losses)) if losses else float("nan"), len(losses), crops,
-                      positives / crops if crops else 0.0, compute, wait, ratio, generation)
+            positives += int(batch["positive"].sum())  # a host tensor: no device sync
+    mean_loss = float(loss_sum) / steps if steps else float("nan")  # the epoch's one host sync
+    return EpochStats(epoch, mean_loss, steps, crops, positives / crops if crops else 0.0, compute, wait, ratio,
+                      generation)

@@ -25,6 +25,7 @@ from common.config import config_from_dict
 from trainer.datapath import CropBatchStream
 from trainer.loader import PreprocessingBatchStream
 from trainer.model import AmpPolicy, build_loss, build_model, build_optimizer
+from trainer.staging import DeviceStager
 from trainer.steps import run_epoch, seed_everything
 
 CHECKPOINT_FILE = "state.pt"
@@ -117,6 +118,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     amp = AmpPolicy.for_device(device, cfg.training)
     scaler = amp.scaler()
     start_epoch = _restore(model, optimizer, scaler, config.get("resume_from"))
+    stager = DeviceStager(device)  # pinned, reused buffers and a copy stream on CUDA; pass-through on CPU
 
     cache = attach(config["fingerprint"], cfg.cache.namespace) if cfg.cache.enabled else None
     validator = ray.get_actor(config["validator_name"], namespace=cfg.cache.namespace)
@@ -125,7 +127,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, cfg.training.epochs):
         stream, ratio, generation = _epoch_batches(cfg, config, cache, validator, epoch, rank, world, device)
         with stream as batches:
-            stats = run_epoch(model, batches, loss_fn, optimizer, amp, scaler, device, epoch, ratio, generation)
+            stats = run_epoch(model, batches, loss_fn, optimizer, amp, scaler, device, epoch, ratio, generation,
+                              stager=stager)
             stats.wait_seconds = batches.wait_seconds
 
         stop = False

@@ -30,7 +30,7 @@ svg text{font:11px system-ui,sans-serif}
 <script>
 "use strict";
 const REFRESH_MS = __REFRESH_MS__;
-const COLORS = {in_pool: "#2f6fdb", leaving: "#e8891c", waiting: "#9aa3b2", quarantined: "#c0392b"};
+const COLORS = {in_pool: "#2f6fdb", leaving: "#e8891c", waiting: "#9aa3b2", quarantined: "#c0392b", validation: "#7b4fbf"};
 const SVGNS = "http://www.w3.org/2000/svg";
 
 function el(tag, attrs, text) {

@@ -23,6 +23,7 @@ class ItemState(str, Enum):
     leaving = "leaving"  # in the pool, among the R oldest: goes at the next rotation with ready replacements
     waiting = "waiting"  # outside the pool, queued to re-enter
     quarantined = "quarantined"  # preparation failed; never served
+    validation = "validation"  # a validation volume, cached whole for the validation actor; never in the pool
 
 
 class CacheItem(BaseModel):

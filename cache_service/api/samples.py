@@ -35,12 +35,13 @@ def cache_status(fingerprint: str = FINGERPRINT, experiments: list[ExperimentSta
                  pool_size: int = 6, train_items: int = 12) -> CacheStatus:
     """Pool of ``pool_size`` of ``train_items`` (ids ``case_00..``), R = 2, one quarantined item."""
     ids = [f"case_{k:02d}" for k in range(train_items)]
+    val_ids = [f"val_{k:02d}" for k in range(3)]
     pool = ids[2:2 + pool_size]
-    used = {i: 4 - k // 2 for k, i in enumerate(pool)} | {ids[0]: 5, ids[1]: 5}
+    used = {i: 4 - k // 2 for k, i in enumerate(pool)} | {ids[0]: 5, ids[1]: 5} | {v: 9 for v in val_ids}
     return CacheStatus(
         fingerprint=fingerprint, name=f"smartcache-{fingerprint}", state="ready", train_items=train_items,
         cache_num=pool_size, capacity=pool_size, items_cached=pool_size, pool=pool, bytes_cached=pool_size * 3 << 20,
         byte_budget=64 << 20, generation=3, rotations=2, replace_num=2, replacements_pending=1,
-        replacements_ready=2, val_items_total=3, val_items_cached=3, use_counts=used, prep_seconds_spent=42.0,
+        replacements_ready=2, val_items_total=3, val_items_cached=3, val_items=val_ids, use_counts=used, prep_seconds_spent=42.0,
         seconds_saved=120.5, quarantined=[QuarantinedItem(item_id=ids[-1], error="label values {7} outside 0..2")],
         experiments=[experiment()] if experiments is None else experiments, uptime_s=900.0)

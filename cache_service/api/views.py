@@ -15,21 +15,24 @@ def _pool_items(status: CacheStatus) -> list[CacheItem]:
 
 
 def items_of(status: CacheStatus, state: ItemState | None = None) -> CacheItems:
-    """Every item the status names: pool, items handed out before (now waiting), quarantined ones.
+    """Every item the status names: pool, items handed out before (now waiting), validation volumes,
+    quarantined ones.
 
     The status lists waiting items only through their use counts, so queued items never
     handed out are counted in ``waiting_unlisted`` rather than invented.
     """
     quarantined = {q.item_id: q for q in status.quarantined}
     pool = _pool_items(status)
-    seen = set(status.pool) | set(quarantined)
+    seen = set(status.pool) | set(quarantined) | set(status.val_items)
     waiting = [CacheItem(item_id=i, state=ItemState.waiting, use_count=n)
                for i, n in sorted(status.use_counts.items()) if i not in seen]
+    val = [CacheItem(item_id=i, state=ItemState.validation, split="val", use_count=status.use_counts.get(i, 0))
+           for i in status.val_items if i not in quarantined]
     bad = [CacheItem(item_id=q.item_id, state=ItemState.quarantined, error=q.error, split=q.split,
                      use_count=status.use_counts.get(q.item_id, 0)) for q in quarantined.values()]
     train_bad = sum(q.split == "train" for q in quarantined.values())
     unlisted = max(0, status.train_items - len(status.pool) - train_bad - len(waiting))
-    items = [it for it in pool + waiting + bad if state is None or it.state == state]
+    items = [it for it in pool + waiting + val + bad if state is None or it.state == state]
     return CacheItems(fingerprint=status.fingerprint, name=status.name, generation=status.generation,
                       replace_num=status.replace_num, items=items, waiting_unlisted=unlisted)
 

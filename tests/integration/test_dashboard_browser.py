@@ -66,6 +66,7 @@ def test_rendered_dom_has_pool_items_and_ratio_chart(dashboard_url: str, tmp_pat
     for item in cache_status().pool:
         assert f'data-item="{item}"' in dom
     assert 'data-state="leaving"' in dom and 'data-state="quarantined"' in dom
+    assert 'data-state="validation"' in dom  # validation volumes drawn as such, not as waiting pool items
     assert 'data-experiment="spleen-a1b2c3"' in dom
     chart = dom[dom.index('class="chart ratio-chart"'):]
     assert '<path class="line" d="M' in chart  # the script drew the ratio history

@@ -50,6 +50,7 @@ def test_cache_items_states(client: TestClient) -> None:
     pool = cache_status().pool
     assert [states[i] for i in pool] == ["leaving", "leaving"] + ["in_pool"] * (len(pool) - 2)
     assert states["case_00"] == "waiting" and states["case_11"] == "quarantined"
+    assert [states[f"val_{k:02d}"] for k in range(3)] == ["validation"] * 3  # never drawn as waiting pool items
     assert items["waiting_unlisted"] == 12 - 6 - 1 - 2
     bad = client.get("/cache/items", params={"state": "quarantined"}).json()
     assert all(i["state"] == "quarantined" and i["error"] for c in bad for i in c["items"])

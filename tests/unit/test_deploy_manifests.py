@@ -177,3 +177,31 @@ def _joined_lines(text: str) -> Iterator[str]:
 def test_the_check_rejects_wrong_commands(command: str) -> None:
     with pytest.raises(AssertionError):
         _check_command(command)
+
+
+# ---- Ray token authentication (on by default from Ray 2.59) -----------------------------------
+
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def test_every_kuberay_container_and_submitter_authenticates_with_one_token() -> None:
+    [cluster] = _docs("kuberay/raycluster.yaml")
+    spec = cluster["spec"]
+    pods = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+    pods += [job["spec"]["submitterPodTemplate"] for job in _docs("kuberay/rayjob.yaml")]
+    secrets = set()
+    for pod in pods:
+        for container in pod["spec"]["containers"]:
+            env = _env(container)
+            assert env.get("RAY_AUTH_MODE") == "token", container["name"]
+            secrets.add(repr(env["RAY_AUTH_TOKEN"]))
+    assert len(secrets) == 1, f"nodes and submitters must share one token, got {secrets}"
+
+
+def test_cluster_launcher_ships_the_token_and_starts_ray_with_auth() -> None:
+    doc = yaml.safe_load((DEPLOY / "cluster.yaml").read_text())
+    assert doc["file_mounts"]["/home/ray/.ray/auth_token"] == "~/.ray/auth_token"
+    starts = [c for c in doc["head_start_ray_commands"] + doc["worker_start_ray_commands"] if "ray start" in c
+              or c.lstrip().startswith(("smartcache", "RAY_AUTH_MODE=token smartcache"))]
+    assert starts and all(c.startswith("RAY_AUTH_MODE=token ") for c in starts), starts

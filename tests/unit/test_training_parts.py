@@ -10,6 +10,7 @@ from common.config import load_config
 from common.volume import PreparedVolume, class_voxel_indices
 from trainer.model import AmpPolicy, build_loss, build_model, build_optimizer
 from trainer.report import RunReport, format_summary, plot_case, plot_curves
+from trainer.staging import DeviceStager
 from trainer.steps import run_epoch, seed_everything
 from trainer.validation import Validator, dice_per_class
 
@@ -49,17 +50,19 @@ def test_epoch_reduces_loss_and_is_deterministic(optimizer):
     batch = {"image": torch.from_numpy(vol.image[None, :, :16, :16, :16].copy()),
              "label": torch.from_numpy(vol.label[None, :, :16, :16, :16].copy())}
 
-    def train() -> list[float]:
+    def train(stager: DeviceStager | None = None) -> list[float]:
         seed_everything(1, deterministic=True)
         model = build_model(cfg.training, 1, 2)
         opt = build_optimizer(cfg.training, model.parameters())
         amp = AmpPolicy.for_device(torch.device("cpu"), cfg.training)
         return [run_epoch(model, [batch] * 5, build_loss(), opt, amp, amp.scaler(), torch.device("cpu"),
-                          e, 1.0, 0).loss for e in range(3)]
+                          e, 1.0, 0, stager=stager).loss for e in range(3)]
 
     first, second = train(), train()
     assert first == second
     assert first[-1] < first[0]
+    # the staging-buffer path (reused buffers, next copy issued before the step) trains identically
+    assert train(DeviceStager("cpu", slots=2, staging=True)) == first
 
 
 @pytest.mark.parametrize("keep_largest", [False, True])
@@ -81,7 +84,8 @@ def test_report_files_and_summary(tmp_path):
     rows = [{"epoch": e, "time_s": 10.0 * e, "loss": 1 - 0.1 * e, "ratio": 1.0} for e in range(4)]
     vals = [{"epoch": e, "time_s": 10.0 * e + 5, "mean_dice": 0.2 * e, "dice_per_class": [0.2 * e, 0.1 * e],
              "ratio": 1.0 + e} for e in range(4)]
-    plot_curves(tmp_path / "curves.png", rows, vals, 0.5)
+    legend = plot_curves(tmp_path / "curves.png", rows, vals, 0.5, class_names=["organ", "lesion"])
+    assert legend == ["mean foreground", "organ", "lesion", "target 0.5"]  # the dataset's names, not "class 1"
     vol = _volume()
     plot_case(tmp_path / "case.png", vol.image, vol.label, vol.label[0], "v")
     assert (tmp_path / "curves.png").stat().st_size > 10_000 and (tmp_path / "case.png").stat().st_size > 10_000
