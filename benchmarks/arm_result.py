@@ -23,3 +23,8 @@ class ArmResult:
     step_s: float  # mean seconds of compute per training step
     validation_s: float
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before and after the arm
+    history: tuple[tuple[float, float], ...] = ()  # (seconds since the arm started, mean Dice) per validation
+
+    def time_to(self, dice: float) -> float | None:
+        """Seconds until a validation first reached ``dice`` (None if none did)."""
+        return next((t for t, d in self.history if d >= dice), None)

@@ -89,6 +89,7 @@ def _train(cfg: ExperimentConfig, catalog: Catalog, ds: CacheDataset, val_volume
     wait_s = step_s = validation_s = best = 0.0
     best_per_class: tuple[float, ...] = ()
     time_to_target, steps_to_target = None, None
+    history: list[tuple[float, float]] = []
     steps_per_epoch = cfg.training.steps_per_epoch or math.ceil(len(ds) / volumes_per_step)
     while time.time() - t_start < time_limit and time_to_target is None:
         model.train()
@@ -111,10 +112,12 @@ def _train(cfg: ExperimentConfig, catalog: Catalog, ds: CacheDataset, val_volume
         if epochs % cfg.validation.interval == 0:
             result = validator.validate(epochs - 1, model.state_dict(), val_volumes)
             validation_s += result.seconds
+            history.append((time.time() - t_start, result.mean_dice))
             if result.mean_dice > best:
                 best, best_per_class = result.mean_dice, tuple(result.dice_per_class)
             if result.mean_dice >= cfg.training.target_dice:
                 time_to_target, steps_to_target = time.time() - t_start, steps
     return ArmResult("monai-fast", time_to_target is not None, time_to_target, steps_to_target, best, best_per_class,
                      epochs, steps, time.time() - t_start, fill_s,
-                     wait_s / (wait_s + step_s) if wait_s + step_s > 0 else 0.0, step_s / max(1, steps), validation_s)
+                     wait_s / (wait_s + step_s) if wait_s + step_s > 0 else 0.0, step_s / max(1, steps), validation_s,
+                     history=tuple(history))

@@ -6,11 +6,11 @@ namespace), so it pays for filling it inside its time. Dataset-wide CT statistic
 computed once before the arms (every arm would otherwise repeat the same pass).
 
   baseline      no cache: a DataLoader with worker processes loads and preprocesses every volume
-                every epoch; fixed 1:1 crops, Adam, soft Dice, fp32
+                every epoch; fixed 1:1 crops, Adam, fp32 (the config's loss, like every arm)
   monai-fast    MONAI's fast-training recipe (benchmarks/monai_fast.py): CacheDataset of every
                 training volume with cached fg/bg indices, ThreadDataLoader, DiceCE, Novograd
   full          shared SmartCache (rotating when cache_num < N), adaptive pos:neg ratio, NovoGrad
-                with the loss and lr of FULL_METHOD, AMP where the device has it
+                at its default lr, AMP where the device has it
   no-cache      full, but trainers load and preprocess every volume every epoch
   no-adaptive   full, but the ratio stays 1:1
   no-novograd   full, but Adam
@@ -43,24 +43,29 @@ from arm_result import ArmResult
 from common.catalog import Catalog, fingerprint, load_catalog
 from common.config import ExperimentConfig, load_config
 
-#: the paper's method as this project runs it (NovoGrad settings: see docs/benchmarks.md, "NovoGrad")
-FULL_METHOD = ["training.optimizer=novograd", "training.amp=true"]
+#: the paper's method as this project runs it: NovoGrad at its own default lr with the default loss
+#: (DiceCE; see docs/benchmarks.md, "NovoGrad"). ``lr=null``: each optimiser's default (config.DEFAULT_LR).
+FULL_METHOD = ["training.optimizer=novograd", "training.lr=null", "training.amp=true"]
+ADAM = ["training.optimizer=adam", "training.lr=null"]
 MONAI_FAST = "monai-fast"
 ARMS: dict[str, list[str]] = {
-    "baseline": ["cache.enabled=false", "sampler.adaptive=false", "training.optimizer=adam", "training.amp=false",
-                 "training.loss=dice"],
-    MONAI_FAST: ["training.amp=true"],  # run by benchmarks/monai_fast.py: its own optimiser and loss
+    "baseline": ["cache.enabled=false", "sampler.adaptive=false", *ADAM, "training.amp=false"],
+    MONAI_FAST: [*ADAM, "training.amp=true"],  # benchmarks/monai_fast.py: Novograd at 10x this (Adam's) lr, DiceCE
     "full": [*FULL_METHOD],
     "no-cache": ["cache.enabled=false", *FULL_METHOD],
     "no-adaptive": ["sampler.adaptive=false", *FULL_METHOD],
-    "no-novograd": [*FULL_METHOD, "training.optimizer=adam"],
+    "no-novograd": [*FULL_METHOD, *ADAM],
     "no-amp": [*FULL_METHOD, "training.amp=false"],
 }
 
 
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
 def _steps(out: Path, until_s: float | None) -> tuple[int, int | None, float]:
     """(total steps, steps until ``until_s``, mean compute seconds per step) of rank 0."""
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = _rows(out)
     train = sorted((r for r in rows if r["kind"] == "train" and r.get("rank", 0) == 0), key=lambda r: r["epoch"])
     total = sum(r["steps"] for r in train)
     step_s = sum(r["step_seconds"] for r in train) / max(1, total)
@@ -87,7 +92,8 @@ def run_arm(arm: str, config_path: str | None, out: Path, overrides: list[str], 
     return ArmResult(arm, report.reached_target, report.time_to_target_s, to_target, report.best_mean_dice,
                      tuple(report.dice_per_class.values()), report.epochs, total, report.wall_seconds,
                      report.cache_fill_seconds, report.data_wait_fraction, step_s, report.validation_seconds,
-                     (load0, os.getloadavg()[0]))
+                     (load0, os.getloadavg()[0]),
+                     tuple((r["time_s"], r["mean_dice"]) for r in _rows(out / arm) if r["kind"] == "validation"))
 
 
 def run_monai_arm(config_path: str | None, overrides: list[str], catalog: Catalog, time_limit: float) -> ArmResult:
@@ -118,13 +124,15 @@ def regime(cfg: ExperimentConfig, catalog: Catalog) -> str:
             f"every {cfg.validation.interval} epoch(s), window {'x'.join(map(str, cfg.validation.roi_size))}")
 
 
-def format_table(results: list[ArmResult], target: float, time_limit: float) -> str:
+def format_table(results: list[ArmResult], target: float, time_limit: float,
+                 milestones: tuple[float, ...] = ()) -> str:
     base = next((r for r in results if r.arm == "baseline"), None)
+    reach = " / ".join(f"{m:g}" for m in milestones)
     lines = [f"target mean foreground Dice {target:g}, time limit {time_limit:.0f} s per arm",
              "| arm | reached | time to target (s) | steps to target | speed-up vs baseline | best Dice (per class) | "
-             "epochs | steps | wall (s) | cache fill (s) | data wait | compute per step (s) | validation (s) | "
-             "load avg before/after |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"time to Dice {reach} (s) | epochs | steps | wall (s) | cache fill (s) | data wait | "
+             "compute per step (s) | validation (s) | load avg before/after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if base is None or r.time_to_target_s is None:
             speed = "n/a"
@@ -134,8 +142,9 @@ def format_table(results: list[ArmResult], target: float, time_limit: float) -> 
             speed = f"{base.time_to_target_s / r.time_to_target_s:.1f}x"
         ttt = f"{r.time_to_target_s:.0f}" if r.time_to_target_s is not None else f"not in {time_limit:.0f}"
         per_class = ", ".join(f"{d:.2f}" for d in r.dice_per_class)
+        times = " / ".join("-" if r.time_to(m) is None else f"{r.time_to(m):.0f}" for m in milestones)
         lines.append(f"| {r.arm} | {'yes' if r.reached else 'no'} | {ttt} | {r.steps_to_target or '-'} | {speed} | "
-                     f"{r.best_dice:.3f} ({per_class}) | {r.epochs} | {r.steps} | {r.wall_s:.0f} | {r.fill_s:.0f} | "
+                     f"{r.best_dice:.3f} ({per_class}) | {times} | {r.epochs} | {r.steps} | {r.wall_s:.0f} | {r.fill_s:.0f} | "
                      f"{100 * r.wait_fraction:.1f} % | {r.step_s:.2f} | {r.validation_s:.0f} | "
                      f"{r.load[0]:.1f} / {r.load[1]:.1f} |")
     return "\n".join(lines)
@@ -157,6 +166,8 @@ def main() -> None:
     parser.add_argument("--steps-per-epoch", choices=("pass", "config"), default="pass",
                         help="pass: an epoch is one pass of the training set in every arm (default); "
                              "config: training.steps_per_epoch as configured")
+    parser.add_argument("--milestones", type=float, nargs="*", default=[0.5, 0.6, 0.7],
+                        help="also report the time to these mean Dice values (default 0.5 0.6 0.7)")
     parser.add_argument("--out", default="runs/time_to_dice", help="output folder")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
@@ -187,7 +198,8 @@ def main() -> None:
             results.append(run_monai_arm(args.config, overrides, catalog, args.time_limit))
         else:
             results.append(run_arm(arm, args.config, out, overrides, args.time_limit))
-    table = "\n".join([*header, format_table(results, base.training.target_dice, args.time_limit)])
+    table = "\n".join([*header, format_table(results, base.training.target_dice, args.time_limit,
+                                             tuple(args.milestones))])
     print("\n" + table)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(table + "\n")

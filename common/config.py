@@ -174,14 +174,20 @@ class SamplerConfig:
         _check(self.formula in ("stable", "plain"), "sampler.formula", self.formula, "stable or plain")
 
 
+#: the learning rate each optimiser gets when ``training.lr`` is left out. NovoGrad normalises each
+#: layer's step by the layer's gradient norm, so it needs a larger lr than Adam (as MONAI's fast-training
+#: recipe, which uses 10x Adam's); measured on the demo phantoms in docs/benchmarks.md ("NovoGrad").
+DEFAULT_LR = {"novograd": 1e-2, "adam": 1e-3, "sgd": 1e-2}
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     """Optimisation and the run's stopping rule."""
 
     batch_size: int = 2
-    lr: float = 5e-4
+    lr: float | None = None  # None: DEFAULT_LR of the optimiser
     optimizer: str = "novograd"  # novograd | adam | sgd
-    loss: str = "dice"  # dice (Eq. 1, squared denominator) | dice_ce (that Dice plus cross-entropy)
+    loss: str = "dice_ce"  # dice_ce (Eq. 1's soft Dice plus cross-entropy) | dice (Eq. 1 alone)
     weight_decay: float = 0.0
     amp: bool = True
     cpu_bf16: bool = False
@@ -203,9 +209,11 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "training.batch_size", self.batch_size, "an integer >= 1")
-        _check(self.lr > 0, "training.lr", self.lr, "a learning rate > 0")
         _check(self.optimizer in ("novograd", "adam", "sgd"), "training.optimizer", self.optimizer,
                "one of novograd, adam, sgd")
+        if self.lr is None:
+            object.__setattr__(self, "lr", DEFAULT_LR[self.optimizer])
+        _check(self.lr > 0, "training.lr", self.lr, "a learning rate > 0, or null for the optimiser's default")
         _check(self.loss in ("dice", "dice_ce"), "training.loss", self.loss,
                "dice (soft Dice, Eq. 1) or dice_ce (soft Dice + cross-entropy)")
         _check(self.weight_decay >= 0, "training.weight_decay", self.weight_decay, "a number >= 0 (0 switches it off)")
