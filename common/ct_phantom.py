@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+__all__ = ["CtProfile", "ct_case", "ct_geometry"]
+
 #: slices built at once; bounds the float32 temporaries to a few tens of MB
 SLAB = 16
 
