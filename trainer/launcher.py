@@ -84,7 +84,9 @@ def validator_resources(cfg: ExperimentConfig) -> dict[str, float]:
 
 
 def latest_checkpoint(out_dir: Path) -> ray.train.Checkpoint | None:
-    candidates = sorted((out_dir / "ray_results").glob("*/checkpoint_*"), key=lambda p: p.stat().st_mtime)
+    # checkpoint folders only: Ray Train also writes checkpoint_manager_snapshot.json beside them
+    candidates = sorted((p for p in (out_dir / "ray_results").glob("*/checkpoint_*") if p.is_dir()),
+                        key=lambda p: p.stat().st_mtime)
     return ray.train.Checkpoint.from_directory(str(candidates[-1])) if candidates else None
 
 
