@@ -5,11 +5,20 @@ detached, threaded Ray actor. Public methods only read or update the :class:`Cac
 under a lock and return at once, so a snapshot or a rotation never waits for
 preprocessing. A background thread submits preparation tasks, collects their results and
 frees the actor once no experiment has been attached for ``idle_timeout_s``.
+
+Faults: the actor is created with ``max_restarts``, so when its process dies Ray runs
+``__init__`` again under the same name. Every prepared volume was returned by a task this
+actor submitted, so Ray made the actor its owner and the volumes die with it; the new
+instance warms again (from the disk tier when there is one, which makes that cheap) and
+consumers re-attach and take a fresh snapshot (:mod:`cache_service.recovery`). What must
+outlive the process, the experiment registry, is written to ``state_path()`` on every
+change and read back here when Ray reports the actor as reconstructed.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -19,14 +28,14 @@ import numpy as np
 import ray
 from ray.exceptions import RayError, RayTaskError
 
-from cache_service.pool import CacheBook, PrepMeta
-from cache_service.registry import ExperimentRegistry
+from cache_service.pool import CacheBook, PrepMeta, budget_for_store
+from cache_service.registry import ExperimentRegistry, load_state, save_state
 from cache_service.snapshot import Snapshot
-from cache_service.status import CacheStatus, SamplerReport
+from cache_service.status import CacheStatus, FaultEvent, SamplerReport
 from cache_service.tasks import prepare_item
 from common.catalog import Catalog, Record
 from common.config import CacheConfig
-from common.errors import SmartCacheError
+from common.errors import CacheUnavailableError, SmartCacheError
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +60,13 @@ def _error_text(err: BaseException) -> str:
     return str(cause) if isinstance(cause, SmartCacheError) else f"{type(cause).__name__}: {cause}"
 
 
+def smallest_object_store() -> int | None:
+    """Object store bytes of the smallest live node: a reader on any node may need the whole pool there."""
+    sizes = [n["Resources"].get("object_store_memory", 0) for n in ray.nodes() if n.get("Alive")]
+    sizes = [int(s) for s in sizes if s]
+    return min(sizes) if sizes else None
+
+
 class SmartCacheService:
     """Pool + replacements + validation volumes + experiment registry of one fingerprint."""
 
@@ -58,12 +74,20 @@ class SmartCacheService:
         self.spec, self.cfg = spec, spec.cache
         self._records: dict[str, Record] = {r.item_id: r for r in spec.catalog.train + spec.catalog.val}
         train_ids = [r.item_id for r in spec.catalog.train]
+        budget, budget_note = budget_for_store(int(self.cfg.byte_budget), smallest_object_store())
         self.book = CacheBook(train_ids, [r.item_id for r in spec.catalog.val], self.cfg.pool_size(len(train_ids)),
-                              self.cfg.replace_rate, int(self.cfg.byte_budget), self.cfg.replace_workers,
+                              self.cfg.replace_rate, budget, self.cfg.replace_workers,
                               np.random.default_rng(spec.seed))
-        self.registry = ExperimentRegistry(spec.initial_ratio)
+        if budget_note:
+            log.warning(budget_note)
+            self.book.store_message = budget_note
         self._created = time.time()
-        self.registry.last_detach = self._created
+        self._state_file = self.cfg.state_path() / self.cfg.namespace / spec.fingerprint / "registry.json"
+        self.restarts, self.last_fault = 0, None
+        self._restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        self.registry = self._load_registry() if self._restarted else ExperimentRegistry(spec.initial_ratio)
+        if not self._restarted:
+            self.registry.last_detach = self._created
         self._lock = threading.RLock()
         self._pending: dict[ray.ObjectRef, tuple[str, bool, ray.ObjectRef]] = {}  # meta ref -> (id, val, vol ref)
         self._prep_ref = ray.put(spec.preprocessor)
@@ -73,12 +97,49 @@ class SmartCacheService:
         self._thread = threading.Thread(target=self._run, name="smartcache-pump", daemon=True)
         self._thread.start()
 
+    # ---- what survives a restart -----------------------------------------------------------
+    def _load_registry(self) -> ExperimentRegistry:
+        """Back after a crash: the saved registry, one more restart, and a fault for every experiment."""
+        state = load_state(self._state_file)
+        registry = ExperimentRegistry.from_state(state, self.spec.initial_ratio) if state else \
+            ExperimentRegistry(self.spec.initial_ratio)
+        self.restarts = (state.restarts if state else 0) + 1
+        self.last_fault = FaultEvent(kind="cache", time=self._created,
+                                     cause=f"the cache actor's process died; Ray restarted it (restart "
+                                           f"{self.restarts}, pid {os.getpid()}) and it warms again")
+        registry.record_fault(None, self.last_fault)
+        log.warning("cache %s restarted (%d); registry of %d experiment(s) restored from %s", self.spec.name,
+                    self.restarts, len(registry), self._state_file)
+        self._save(registry)
+        return registry
+
+    def _save(self, registry: ExperimentRegistry | None = None) -> None:
+        """Persist the registry (called under the lock after every change); a disk error only costs durability."""
+        try:
+            save_state(self._state_file, (registry or self.registry).to_state(self.restarts, self.last_fault))
+        except OSError as err:
+            log.warning("could not save the registry to %s: %s", self._state_file, err)
+
+    def _note_warm_again(self) -> None:
+        """After a restart, record how long warming took as the fault's cost, once."""
+        if self.last_fault is None or self.last_fault.seconds_lost is not None or not self.book.ready:
+            return
+        self.last_fault.seconds_lost = time.time() - self._created
+        self.registry.settle_fault(self.last_fault)
+        self._save()
+
+    def _refuse_while_warming(self, what: str) -> None:
+        """After a restart, hand out nothing until warm: a partial pool must not become an epoch's snapshot."""
+        if self._restarted and not self.book.ready:
+            raise CacheUnavailableError(self.spec.name, f"warming again after a restart, {what} not ready "
+                                                        f"({len(self.book.plan.pool)}/{self.book.plan.capacity})")
+
     # ---- background pump -------------------------------------------------------------------
     def _submit(self) -> None:
         with self._lock:
             jobs = [(i, False) for i in self.book.next_train_jobs()] + [(i, True) for i in self.book.next_val_jobs()]
             for item_id, val in jobs:
-                meta_ref, vol_ref = self._task.remote(self._prep_ref, self._records[item_id], self.cfg.disk_dir,
+                meta_ref, vol_ref = self._task.remote(self._prep_ref, self._records[item_id], self.cfg,
                                                       self.spec.fingerprint)
                 self._pending[meta_ref] = (item_id, val, vol_ref)
                 self.book.started(item_id, val)
@@ -94,6 +155,7 @@ class SmartCacheService:
             return
         with self._lock:
             (self.book.accept_val if val else self.book.accept)(meta, vol_ref)
+            self._note_warm_again()
 
     def _run(self) -> None:
         while not self._stopping.is_set():
@@ -125,15 +187,22 @@ class SmartCacheService:
         ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
     # ---- public API ------------------------------------------------------------------------
-    def ping(self) -> dict[str, str]:
+    def ping(self) -> dict[str, Any]:
         return {"name": self.spec.name, "fingerprint": self.spec.fingerprint,
-                "actor_id": ray.get_runtime_context().get_actor_id()}
+                "actor_id": ray.get_runtime_context().get_actor_id(), "pid": os.getpid(), "restarts": self.restarts}
 
     def status(self) -> CacheStatus:
         with self._lock:
             return CacheStatus(fingerprint=self.spec.fingerprint, name=self.spec.name,
                                experiments=self.registry.statuses(), uptime_s=time.time() - self._created,
-                               idle_s=self._idle_for(), **self.book.status_fields())
+                               idle_s=self._idle_for(), restarts=self.restarts, last_fault=self.last_fault,
+                               **self.book.status_fields())
+
+    def record_fault(self, experiment_id: str, event: FaultEvent) -> None:
+        """A consumer's fault (trainer or validator restart), counted for its experiment and persisted."""
+        with self._lock:
+            self.registry.record_fault(experiment_id, event)
+            self._save()
 
     def snapshot(self, experiment_id: str, epoch: int | None = None) -> Snapshot:
         """The pool now, for an epoch; the refs stay valid for as long as the caller holds them.
@@ -146,6 +215,7 @@ class SmartCacheService:
             key = (experiment_id, epoch)
             if epoch is not None and key in self._epoch_snapshots:
                 return self._epoch_snapshots[key]
+            self._refuse_while_warming("pool")
             ratio = self.registry.get_ratio(experiment_id)
             generation, ids, refs = self.book.snapshot()
             snap = Snapshot(generation, ids, refs, ratio)
@@ -158,6 +228,7 @@ class SmartCacheService:
 
     def val_snapshot(self) -> Snapshot:
         with self._lock:
+            self._refuse_while_warming("validation volumes")
             ids, refs = self.book.val_snapshot()
             return Snapshot(self.book.plan.generation, ids, refs, self.registry.default_ratio)
 
@@ -170,12 +241,15 @@ class SmartCacheService:
     def register(self, experiment_id: str, info: dict[str, Any] | None = None) -> None:
         with self._lock:
             self.registry.register(experiment_id, info, time.time())
+            self._save()
 
     def unregister(self, experiment_id: str) -> bool:
         with self._lock:
             for key in [k for k in self._epoch_snapshots if k[0] == experiment_id]:
                 del self._epoch_snapshots[key]
-            return self.registry.unregister(experiment_id, time.time())
+            gone = self.registry.unregister(experiment_id, time.time())
+            self._save()
+            return gone
 
     def report_progress(self, experiment_id: str, epoch: int, metrics: dict[str, float] | None = None,
                         rotate: bool = True) -> bool:
@@ -183,6 +257,7 @@ class SmartCacheService:
         with self._lock:
             new_round = epoch > self.registry.max_epoch()
             self.registry.report_progress(experiment_id, epoch, metrics, time.time())
+            self._save()
             if rotate and new_round:
                 rot = self.book.rotate()
                 return bool(rot.entering or rot.leaving)
@@ -191,8 +266,10 @@ class SmartCacheService:
     def publish_sampler(self, experiment_id: str, ratio: float, r_fp: float, r_fn: float,
                         dice_per_class: Sequence[float], mean_dice: float, epoch: int) -> SamplerReport:
         with self._lock:
-            return self.registry.publish_sampler(experiment_id, ratio, r_fp, r_fn, dice_per_class, mean_dice, epoch,
-                                                 time.time())
+            report = self.registry.publish_sampler(experiment_id, ratio, r_fp, r_fn, dice_per_class, mean_dice, epoch,
+                                                   time.time())
+            self._save()
+            return report
 
     def get_ratio(self, experiment_id: str) -> float:
         with self._lock:

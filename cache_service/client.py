@@ -92,6 +92,8 @@ def get_or_create_cache(catalog: Catalog, cfg: ExperimentConfig, fingerprint: st
     """Attach to the cache for ``fingerprint`` or start it (detached, named, in ``cfg.cache.namespace``).
 
     Creation races between drivers are settled by Ray's ``get_if_exists``: both get the same actor.
+    With ``cache.max_restarts`` Ray runs the constructor again, with the same spec, when the
+    actor's process dies (see :mod:`cache_service.actor` for what survives).
     """
     name, ns = cache_name(fingerprint), cfg.cache.namespace
     try:
@@ -103,7 +105,7 @@ def get_or_create_cache(catalog: Catalog, cfg: ExperimentConfig, fingerprint: st
                        seed=cfg.training.seed, initial_ratio=cfg.sampler.initial_ratio)
     handle = ray.remote(SmartCacheService).options(
         name=name, namespace=ns, lifetime="detached", get_if_exists=True, num_cpus=actor_num_cpus,
-        max_concurrency=ACTOR_MAX_CONCURRENCY, max_restarts=0).remote(spec)
+        max_concurrency=ACTOR_MAX_CONCURRENCY, max_restarts=cfg.cache.max_restarts).remote(spec)
     call(handle, "ping", timeout_s=timeout_s, name=name)
     return handle
 

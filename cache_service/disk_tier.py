@@ -4,7 +4,10 @@ One file per item, ``DIR/<fingerprint>/<item_id>.arrow``: a one-row record batch
 columns are the flattened arrays, with shapes, plain fields and a SHA-256 of every array's
 bytes in the schema metadata. Files are written to a temp name and renamed into place, so a
 reader sees either nothing or a whole file; they are read memory-mapped, and a file whose
-checksum or structure is wrong is deleted and reported, never returned. Nothing here
+checksum or structure is wrong is deleted and reported, never returned. The whole tier
+(every fingerprint under one root) is held under a byte limit: a read refreshes a file's
+modification time, and :func:`evict` deletes the least recently used files beyond the
+limit, so a default tier in the user's cache folder cannot fill the disk. Nothing here
 imports Ray.
 """
 
@@ -16,6 +19,7 @@ import logging
 import os
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,45 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = "1"
 _META_KEY = b"smartcache"
 _SAFE_ID = re.compile(r"[^A-Za-z0-9._-]")
+
+
+@dataclass(frozen=True)
+class TierFile:
+    path: Path
+    nbytes: int
+    mtime: float
+
+
+def choose_evictions(files: list[TierFile], limit: int, keep: frozenset[Path] = frozenset()) -> list[TierFile]:
+    """Least recently used first, until the rest fits ``limit``; ``keep`` (just written) is never chosen."""
+    total = sum(f.nbytes for f in files)
+    victims = []
+    for f in sorted(files, key=lambda f: (f.mtime, str(f.path))):
+        if total <= limit:
+            break
+        if f.path in keep:
+            continue
+        victims.append(f)
+        total -= f.nbytes
+    return victims
+
+
+def evict(root: str | Path, limit: int, keep: frozenset[Path] = frozenset()) -> list[Path]:
+    """Delete the least recently used tier files under ``root`` beyond ``limit`` bytes; returns them."""
+    files = []
+    for path in Path(root).expanduser().glob("*/*.arrow"):
+        try:
+            st = path.stat()
+        except FileNotFoundError:  # another task evicted or replaced it meanwhile
+            continue
+        files.append(TierFile(path, st.st_size, st.st_mtime))
+    gone = []
+    for f in choose_evictions(files, limit, keep):
+        f.path.unlink(missing_ok=True)
+        gone.append(f.path)
+    if gone:
+        log.info("disk tier %s over %d B: evicted %d least recently used file(s)", root, limit, len(gone))
+    return gone
 
 
 class CorruptFileError(Exception):
@@ -102,7 +145,9 @@ class DiskTier:
         if not path.is_file():
             return None, None
         try:
-            return _read_checked(path, item_id), None
+            vol = _read_checked(path, item_id)
+            os.utime(path)  # recently used: the last to be evicted
+            return vol, None
         except (CorruptFileError, pa.ArrowException, OSError, ValueError, KeyError, TypeError) as err:
             reason = f"{path}: rejected corrupt disk-tier file ({type(err).__name__}: {err})"
             log.warning(reason)

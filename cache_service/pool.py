@@ -18,6 +18,26 @@ from cache_service.status import QuarantinedItem
 from common.rotation import Rotation, RotationPlan
 
 
+STORE_SHARE = 0.7  # of the smallest node's object store; the rest is left for weights, batches, other users
+
+
+def budget_for_store(byte_budget: int, store_bytes: int | None, share: float = STORE_SHARE) -> tuple[int, str]:
+    """The byte budget the cache can keep in shared memory, and a message when it had to be lowered.
+
+    A pool larger than the object store would not fail: Ray would spill it to disk behind
+    everyone's back and every read would become a disk read. Lowering the budget instead
+    makes the cache hold fewer items and say so in its status.
+    """
+    if not store_bytes:
+        return int(byte_budget), ""
+    room = int(store_bytes * share)
+    if byte_budget <= room:
+        return int(byte_budget), ""
+    return room, (f"byte budget {byte_budget} B is more than the object store can hold without spilling "
+                  f"({store_bytes} B on the smallest node); lowered to {room} B ({share:.0%} of it). Raise "
+                  f"object_store_memory (ray start --object-store-memory) or lower cache.byte_budget")
+
+
 @dataclass(frozen=True)
 class PrepMeta:
     """What a preparation task reports beside the volume (small, so the actor never loads the arrays)."""
@@ -57,7 +77,7 @@ class CacheBook:
         self.prep_seconds_spent = self.seconds_saved = 0.0
         self.disk_hits, self.rotations, self.max_item_bytes = 0, 0, 0
         self.disk_rejected: list[str] = []
-        self.budget_message = self.val_budget_message = ""
+        self.budget_message = self.val_budget_message = self.store_message = ""
         self.warm = False
 
     # ---- what to prepare -------------------------------------------------------------------
@@ -195,8 +215,11 @@ class CacheBook:
         return dict(
             state="ready" if self.ready else "filling", train_items=self.train_total, cache_num=self.cache_num,
             capacity=self.plan.capacity, items_cached=len(pool), pool=list(pool), bytes_cached=self.held_bytes(),
-            byte_budget=self.byte_budget, budget_limited=bool(self.budget_message or self.val_budget_message),
-            budget_message="; ".join(m for m in (self.budget_message, self.val_budget_message) if m), generation=self.plan.generation, rotations=self.rotations,
+            byte_budget=self.byte_budget,
+            budget_limited=bool(self.budget_message or self.val_budget_message or self.store_message),
+            budget_message="; ".join(m for m in (self.store_message, self.budget_message, self.val_budget_message)
+                                     if m),
+            generation=self.plan.generation, rotations=self.rotations,
             replace_num=self.plan.replace_num, replacements_pending=len(self.in_flight),
             replacements_ready=len(self.entries) - len(pool), val_items_total=len(self.val_ids),
             val_items_cached=len(self.val_entries), val_items=list(self.val_entries), use_counts=dict(self.use_counts),

@@ -1,14 +1,27 @@
 """Experiment registry: who is attached, how far they are, and the sampler status published for them.
 
-Plain bookkeeping with the clock passed in, so it is tested without Ray or sleeping.
+Plain bookkeeping with the clock passed in, so it is tested without Ray or sleeping. It
+round-trips through :class:`~cache_service.status.RegistryState`, which the cache writes
+atomically to disk on every change (:func:`save_state`) and reads back when Ray restarts it,
+so progress, ratios, sampler histories and fault counts outlive the cache's process.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import tempfile
+from pathlib import Path
 from typing import Any, Sequence
 
-from cache_service.status import ExperimentStatus, SamplerReport
+from pydantic import ValidationError
+
+from cache_service.status import ExperimentStatus, FaultEvent, RegistryState, SamplerReport
 from common.errors import UnknownItemError
+
+__all__ = ["ExperimentRegistry", "load_state", "save_state"]
+
+log = logging.getLogger(__name__)
 
 
 class ExperimentRegistry:
@@ -73,3 +86,56 @@ class ExperimentRegistry:
 
     def statuses(self) -> list[ExperimentStatus]:
         return [e.model_copy(deep=True) for e in self._experiments.values()]
+
+    def record_fault(self, experiment_id: str | None, event: FaultEvent) -> None:
+        """Count a fault for one experiment, or for every attached one (``None``: a cache restart hits all)."""
+        targets = list(self._experiments.values()) if experiment_id is None else [self.get(experiment_id)]
+        for exp in targets:  # a fault without an epoch happened at the epoch each experiment was at
+            mine = event if event.epoch is not None else event.model_copy(update={"epoch": exp.epoch})
+            exp.restarts[event.kind] = exp.restarts.get(event.kind, 0) + 1
+            exp.last_fault = mine.model_copy()
+            exp.faults.append(mine.model_copy())
+
+    def settle_fault(self, event: FaultEvent) -> None:
+        """Fill in the cost of a fault recorded earlier (matched by kind and time) once it is known."""
+        for exp in self._experiments.values():
+            for f in exp.faults + ([exp.last_fault] if exp.last_fault else []):
+                if f.kind == event.kind and f.time == event.time:
+                    f.seconds_lost = event.seconds_lost
+
+    def to_state(self, restarts: int, last_fault: FaultEvent | None) -> RegistryState:
+        return RegistryState(experiments=self.statuses(), last_detach=self.last_detach, restarts=restarts,
+                             last_fault=last_fault)
+
+    @classmethod
+    def from_state(cls, state: RegistryState, default_ratio: float) -> "ExperimentRegistry":
+        reg = cls(default_ratio)
+        reg._experiments = {e.experiment_id: e.model_copy(deep=True) for e in state.experiments}
+        reg.last_detach = state.last_detach
+        return reg
+
+
+def save_state(path: Path, state: RegistryState) -> None:
+    """Write atomically (temp file + rename): a reader after a crash sees the old or the new file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(state.model_dump_json())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_state(path: Path) -> RegistryState | None:
+    """The saved state, or None when there is none or it cannot be parsed (logged, then started afresh)."""
+    try:
+        return RegistryState.model_validate_json(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValidationError, ValueError) as err:
+        log.warning("ignoring unreadable registry state %s: %s", path, err)
+        return None

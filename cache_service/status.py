@@ -17,6 +17,19 @@ class SamplerReport(BaseModel):
     time: float
 
 
+FAULT_KINDS = ("cache", "trainer", "validator")
+
+
+class FaultEvent(BaseModel):
+    """One fault a run lived through: which part died, when, why, and what it cost."""
+
+    kind: str  # cache | trainer | validator
+    time: float  # wall clock (time.time()) when it was noticed
+    epoch: int | None = None  # the epoch training resumed from / was in
+    cause: str = ""
+    seconds_lost: float | None = None  # time repeated or waited for; None until known
+
+
 class ExperimentStatus(BaseModel):
     """An attached experiment: what it said about itself, how far it is, what its sampler does."""
 
@@ -28,6 +41,9 @@ class ExperimentStatus(BaseModel):
     progress: dict[str, float] = Field(default_factory=dict)
     ratio: float
     sampler_history: list[SamplerReport] = Field(default_factory=list)
+    restarts: dict[str, int] = Field(default_factory=dict)  # fault kind -> count, for this experiment
+    last_fault: FaultEvent | None = None
+    faults: list[FaultEvent] = Field(default_factory=list)  # every fault, oldest first
 
 
 class QuarantinedItem(BaseModel):
@@ -70,3 +86,14 @@ class CacheStatus(BaseModel):
     experiments: list[ExperimentStatus] = Field(default_factory=list)
     uptime_s: float = 0.0
     idle_s: float = 0.0  # seconds with no experiment attached (0 while one is)
+    restarts: int = 0  # times this cache actor came back after its process died
+    last_fault: FaultEvent | None = None
+
+
+class RegistryState(BaseModel):
+    """What a cache writes to disk on every registry change and reads back when Ray restarts it."""
+
+    experiments: list[ExperimentStatus] = Field(default_factory=list)
+    last_detach: float | None = None
+    restarts: int = 0
+    last_fault: FaultEvent | None = None

@@ -11,9 +11,10 @@ import pickle
 import time
 from typing import TYPE_CHECKING
 
-from cache_service.disk_tier import DiskTier
+from cache_service.disk_tier import DiskTier, evict
 from cache_service.pool import PrepMeta
 from common.catalog import Record
+from common.config import CacheConfig
 from common.volume import PreparedVolume
 
 if TYPE_CHECKING:
@@ -22,14 +23,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def prepare_item(preprocessor: "Preprocessor | bytes", record: Record, disk_dir: str | None,
+def prepare_item(preprocessor: "Preprocessor | bytes", record: Record, cache: CacheConfig,
                  fingerprint: str) -> tuple[PrepMeta, PreparedVolume]:
     """Disk tier hit, else the deterministic prefix; a DataError propagates (the actor quarantines).
 
     The preprocessor may come pickled, so the cache actor that submits this task never
-    has to import torch and MONAI itself; only a miss unpickles it.
+    has to import torch and MONAI itself; only a miss unpickles it. The tier's folder is
+    resolved here, on the node that reads and writes it.
     """
     note = None
+    disk_dir = cache.disk_path()
     tier = DiskTier(disk_dir, fingerprint) if disk_dir else None
     if tier is not None:
         start = time.perf_counter()
@@ -42,7 +45,8 @@ def prepare_item(preprocessor: "Preprocessor | bytes", record: Record, disk_dir:
     vol = preprocessor(record)
     if tier is not None:
         try:
-            tier.write(vol)
+            written = tier.write(vol)
+            evict(disk_dir, int(cache.disk_budget), keep=frozenset({written}))
         except OSError as err:  # a full or read-only disk must not stop the cache
             log.warning("could not write %s to the disk tier: %s", record.item_id, err)
     return PrepMeta(record.item_id, vol.nbytes, vol.prep_seconds, False, note), vol

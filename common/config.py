@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import types
 from dataclasses import dataclass, field
@@ -48,6 +49,11 @@ def parse_bytes(value: int | float | str, name: str = "cache.byte_budget") -> in
     if not match or match.group(2).lower() not in _SIZE_UNITS:
         raise ConfigError(name, value, "a byte count such as 2000000000, '2GiB' or '512MB'")
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def user_cache_root() -> Path:
+    """``$XDG_CACHE_HOME/smartcache`` (``~/.cache/smartcache`` when unset): per user, outside any repository."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "smartcache"
 
 
 @dataclass(frozen=True)
@@ -122,7 +128,11 @@ class CacheConfig:
     replace_rate: float = 0.2
     byte_budget: int | str = "8GiB"
     replace_workers: int = 2
-    disk_dir: str | None = None
+    disk_dir: str | None = "auto"  # "auto": <user cache>/volumes on each node; null: no disk tier
+    disk_budget: int | str = "20GiB"  # the disk tier deletes its least recently used files beyond this
+    state_dir: str | None = None  # where the registry survives a restart; None: <user cache>/state
+    max_restarts: int = 10  # times Ray brings a dead cache actor back under the same name (-1: always)
+    recover_timeout_s: float = 300.0  # a consumer waits this long for a dead cache to come back, then gives up
     idle_timeout_s: float = 600.0
     task_num_cpus: float = 0.5
     namespace: str = "smartcache"
@@ -138,11 +148,25 @@ class CacheConfig:
         _check(int(self.byte_budget) > 0, "cache.byte_budget", self.byte_budget, "a positive byte count")
         _check(self.replace_workers >= 1, "cache.replace_workers", self.replace_workers, "an integer >= 1")
         _check(self.idle_timeout_s > 0, "cache.idle_timeout_s", self.idle_timeout_s, "seconds > 0")
+        object.__setattr__(self, "disk_budget", parse_bytes(self.disk_budget, "cache.disk_budget"))
+        _check(int(self.disk_budget) > 0, "cache.disk_budget", self.disk_budget, "a positive byte count")
+        _check(self.max_restarts >= -1, "cache.max_restarts", self.max_restarts, "an integer >= 0, or -1 for always")
+        _check(self.recover_timeout_s > 0, "cache.recover_timeout_s", self.recover_timeout_s, "seconds > 0")
         _check(0 < self.task_num_cpus <= 64, "cache.task_num_cpus", self.task_num_cpus, "a CPU share in (0, 64]")
 
     def stats_path(self) -> Path:
         """Folder of the dataset-wide CT statistics (``stats_dir``, or ~/.cache/smartcache-seg)."""
         return Path(self.stats_dir or "~/.cache/smartcache-seg").expanduser()
+
+    def disk_path(self) -> Path | None:
+        """Root of the Arrow disk tier, resolved where it is used (each node has its own), or None."""
+        if self.disk_dir is None or self.disk_dir.lower() in ("", "none", "off"):
+            return None
+        return user_cache_root() / "volumes" if self.disk_dir == "auto" else Path(self.disk_dir).expanduser()
+
+    def state_path(self) -> Path:
+        """Folder where a cache keeps what must survive its restart (the experiment registry)."""
+        return Path(self.state_dir).expanduser() if self.state_dir else user_cache_root() / "state"
 
     def pool_size(self, num_items: int) -> int:
         """Items in the pool for a training set of ``num_items`` (before the byte budget)."""
@@ -206,6 +230,7 @@ class TrainingConfig:
     checkpoint_every: int = 10  # epochs between Ray Train checkpoints (and at the last epoch)
     time_limit_s: float | None = None  # stop after this many seconds even if the target is not reached
     loader_workers: int = 2  # without a cache: DataLoader processes per trainer that load and preprocess
+    max_failures: int = 3  # worker-group restarts (from the last checkpoint) Ray Train makes before giving up
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "training.batch_size", self.batch_size, "an integer >= 1")
@@ -229,6 +254,8 @@ class TrainingConfig:
                self.worker_num_gpus, "a GPU share in (0, 1] or a whole number of GPUs")
         if self.time_limit_s is not None:
             _check(self.time_limit_s > 0, "training.time_limit_s", self.time_limit_s, "seconds > 0, or null")
+        _check(self.max_failures >= -1, "training.max_failures", self.max_failures,
+               "an integer >= 0, or -1 to restart the worker group without limit")
         _check(self.checkpoint_every >= 1, "training.checkpoint_every", self.checkpoint_every, "an integer >= 1")
         if self.steps_per_epoch is not None:
             _check(self.steps_per_epoch >= 1, "training.steps_per_epoch", self.steps_per_epoch, "an integer >= 1")

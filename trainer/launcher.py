@@ -17,8 +17,10 @@ from typing import Any
 
 import ray
 import ray.train
-from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchConfig, TorchTrainer
+
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cache_service.client import call, get_or_create_cache, wait_until_ready
 from common.catalog import Catalog, fingerprint, load_catalog
@@ -26,9 +28,28 @@ from common.config import ExperimentConfig
 from common.errors import CacheUnavailableError, ConfigError, SmartCacheError
 from common.preprocess import build_preprocessor
 from trainer.predict import MODEL_FILE, save_model_file
-from trainer.report import RunReport, format_summary, plot_case, plot_curves, write_jsonl, write_tensorboard
+from trainer.report import (RunReport, count_restarts, format_summary, plot_case, plot_curves, write_jsonl,
+                            write_tensorboard)
 from trainer.validation_service import ValidationService
 from trainer.worker import train_loop_per_worker
+
+
+VALIDATOR_MAX_RESTARTS = 5
+
+
+class WorkerFailureNote(UserCallback):
+    """Runs in Ray Train's controller: tells the validation actor why workers failed, for the restart record."""
+
+    def __init__(self, validator_name: str, namespace: str) -> None:
+        self.validator_name, self.namespace = validator_name, namespace
+
+    def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
+        cause = "; ".join(f"rank {rank}: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+                          for rank, err in sorted(worker_exceptions.items()))
+        try:
+            ray.get_actor(self.validator_name, namespace=self.namespace).note_trainer_failure.remote(cause)
+        except ValueError:  # the validation actor is gone: the restart is still recorded, without its cause
+            pass
 
 
 class TrainingFailedError(SmartCacheError, RuntimeError):
@@ -98,6 +119,7 @@ def _worker_resources(cfg: ExperimentConfig) -> dict[str, float]:
 
 
 def _trainer(cfg: ExperimentConfig, loop_config: dict[str, Any], out_dir: Path, name: str) -> TorchTrainer:
+    """DDP workers; a failed worker makes Ray Train restart the group from the last checkpoint (max_failures)."""
     backend = "nccl" if cfg.training.use_gpu else "gloo"
     return TorchTrainer(
         train_loop_per_worker,
@@ -106,12 +128,15 @@ def _trainer(cfg: ExperimentConfig, loop_config: dict[str, Any], out_dir: Path, 
         scaling_config=ScalingConfig(num_workers=cfg.training.num_workers, use_gpu=cfg.training.use_gpu,
                                      resources_per_worker=_worker_resources(cfg)),
         run_config=RunConfig(name=name, storage_path=str((out_dir / "ray_results").resolve()),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             failure_config=FailureConfig(max_failures=cfg.training.max_failures),
+                             callbacks=[WorkerFailureNote(loop_config["validator_name"], cfg.cache.namespace)]),
     )
 
 
 def _summarise(cfg: ExperimentConfig, catalog: Catalog, experiment_id: str, rows: list[dict[str, Any]],
-               val_rows: list[dict[str, Any]], wall: float, fill_s: float, resumed: int | None) -> RunReport:
+               val_rows: list[dict[str, Any]], wall: float, fill_s: float, resumed: int | None,
+               faults: list[dict[str, Any]]) -> RunReport:
     best = max(val_rows, key=lambda r: r["mean_dice"], default=None)
     hit = next((r for r in val_rows if r["mean_dice"] >= cfg.training.target_dice), None)
     rank0 = [r for r in rows if r.get("rank", 0) == 0]
@@ -130,7 +155,20 @@ def _summarise(cfg: ExperimentConfig, catalog: Catalog, experiment_id: str, rows
         data_wait_fraction=wait_s / (wait_s + step_s) if wait_s + step_s > 0 else 0.0,
         validation_seconds=sum(r["seconds"] for r in val_rows),
         ratio_history=[float(r["ratio"]) for r in val_rows], resumed_from_epoch=resumed,
-        config=cfg.to_dict())
+        faults=faults, restarts=count_restarts(faults), config=cfg.to_dict())
+
+
+def _faults_of(cache: Any, experiment_id: str, run_faults: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The run's own fault log plus the cache restarts its registry counted for this experiment, by time."""
+    if cache is None:  # no cache (the baseline): only the run's own faults
+        return sorted(run_faults, key=lambda f: f["time"])
+    try:
+        status = call(cache, "status")
+        exp = next((e for e in status.experiments if e.experiment_id == experiment_id), None)
+        cache_faults = [f.model_dump() for f in exp.faults if f.kind == "cache"] if exp else []
+    except CacheUnavailableError:
+        cache_faults = []
+    return sorted(run_faults + cache_faults, key=lambda f: f["time"])
 
 
 def _write_outputs(out: Path, report: RunReport, rows: list[dict[str, Any]], val_rows: list[dict[str, Any]],
@@ -195,10 +233,15 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
     prep = build_preprocessor(catalog, cfg.preprocessing, cfg.sampler.patch_size, cfg.cache.stats_path(), fp)
     num_classes, in_channels = catalog.num_classes, in_channels_of(catalog)
     own_volumes = None if cfg.cache.enabled else (list(catalog.val), prep)
+    # restarted in place if its process dies; calls in flight are retried there, and it reads its
+    # record back from the run folder (so it stays on this node, where that folder is)
+    state_dir = str((opts.out_dir / "state" / experiment_id).resolve())
     validator = ray.remote(ValidationService).options(
         name=f"validator-{experiment_id}", namespace=cfg.cache.namespace, max_concurrency=2,
+        max_restarts=VALIDATOR_MAX_RESTARTS, max_task_retries=-1,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
         **validator_resources(cfg)).remote(cfg.to_dict(), fp, experiment_id, num_classes, in_channels, t_start,
-                                           own_volumes)
+                                           state_dir, own_volumes)
     resume_from = latest_checkpoint(opts.out_dir) if opts.resume else None
     loop_config = {"experiment": cfg.to_dict(), "fingerprint": fp, "experiment_id": experiment_id,
                    "validator_name": f"validator-{experiment_id}", "num_classes": num_classes,
@@ -215,6 +258,7 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
         val_rows = ray.get(validator.history.remote())
         example = ray.get(validator.example_case.remote())
         best_weights = ray.get(validator.best_weights.remote())
+        faults = _faults_of(cache, experiment_id, ray.get(validator.faults.remote()))
     except (ray.exceptions.RayError, ray.train.TrainingFailedError) as err:
         raise TrainingFailedError(f"training of {experiment_id} failed: {_short(err)}") from err
     finally:
@@ -227,7 +271,7 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
     resumed = None
     if resume_from is not None and rows:
         resumed = min(r["epoch"] for r in rows)
-    report = _summarise(cfg, catalog, experiment_id, rows, val_rows, time.time() - t_start, fill_s, resumed)
+    report = _summarise(cfg, catalog, experiment_id, rows, val_rows, time.time() - t_start, fill_s, resumed, faults)
     _write_outputs(opts.out_dir, report, rows, val_rows, example)
     if best_weights is not None:
         save_model_file(opts.out_dir / MODEL_FILE, best_weights, cfg, catalog.num_classes, in_channels,

@@ -35,10 +35,29 @@ class RunReport:
     validation_seconds: float
     ratio_history: list[float]
     resumed_from_epoch: int | None = None
+    faults: list[dict[str, Any]] = field(default_factory=list)  # FaultEvent dicts, oldest first
+    restarts: dict[str, int] = field(default_factory=dict)  # fault kind -> count
     config: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
+
+
+def count_restarts(faults: Sequence[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for f in faults:
+        counts[f["kind"]] = counts.get(f["kind"], 0) + 1
+    return counts
+
+
+def fault_lines(faults: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per fault: what died, at which epoch, what it cost, why."""
+    lines = []
+    for f in faults:
+        lost = "?" if f.get("seconds_lost") is None else f"{f['seconds_lost']:.1f} s"
+        epoch = "-" if f.get("epoch") is None else str(f["epoch"])
+        lines.append(f"fault: {f['kind']} restarted at epoch {epoch}, {lost} lost: {f.get('cause', '')}")
+    return lines
 
 
 def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -131,5 +150,6 @@ def format_summary(report: RunReport) -> str:
         f"(waiting for data {100 * report.data_wait_fraction:.1f} % of step time), "
         f"validation {report.validation_seconds:.1f} s (beside training)",
         "ratio history: " + " ".join(f"{r:.2f}" for r in report.ratio_history[-12:]),
+        *fault_lines(report.faults),
     ]
     return "\n".join(lines)

@@ -116,19 +116,34 @@ def _cache_lines(c: dict[str, Any]) -> list[str]:
     lines.append("  pool, oldest first (uses): " + " ".join(f"{i}({uses.get(i, 0)})" for i in c["pool"]))
     if c.get("budget_message"):
         lines.append(f"  budget: {c['budget_message']}")
+    lines.append(f"  restarts: cache {c.get('restarts', 0)}")
+    if c.get("last_fault"):
+        lines.append("  last fault: " + _fault_text(c["last_fault"]))
     lines += [f"  quarantined {q['item_id']}: {q['error']}" for q in c["quarantined"]]
     return lines
+
+
+def _fault_text(f: dict[str, Any]) -> str:
+    lost = "" if f.get("seconds_lost") is None else f", {f['seconds_lost']:.1f} s lost"
+    epoch = "" if f.get("epoch") is None else f" at epoch {f['epoch']}"
+    return f"{f['kind']}{epoch}{lost}: {f.get('cause', '')}"
 
 
 def _experiment_lines(experiments: list[dict[str, Any]]) -> list[str]:
     if not experiments:
         return ["  no experiment attached"]
-    rows = [("EXPERIMENT", "EPOCH", "RATIO", "POS%", "DICE", "r_FP", "r_FN")]
+    return _experiment_table(experiments) + [
+        f"  {e['experiment_id']} last fault: {_fault_text(e['last_fault'])}" for e in experiments if e.get("last_fault")]
+
+
+def _experiment_table(experiments: list[dict[str, Any]]) -> list[str]:
+    rows = [("EXPERIMENT", "EPOCH", "RATIO", "POS%", "DICE", "r_FP", "r_FN", "RESTARTS c/t/v")]
     for e in experiments:
         last = e["sampler_history"][-1] if e["sampler_history"] else None
         fmt = (lambda k: f"{last[k]:.3f}") if last else (lambda k: "-")
         rows.append((e["experiment_id"], str(e["epoch"]), f"{e['ratio']:.3f}",
-                     f"{100 * e['ratio'] / (1 + e['ratio']):.0f}%", fmt("mean_dice"), fmt("r_fp"), fmt("r_fn")))
+                     f"{100 * e['ratio'] / (1 + e['ratio']):.0f}%", fmt("mean_dice"), fmt("r_fp"), fmt("r_fn"),
+                     "/".join(str(e.get("restarts", {}).get(k, 0)) for k in ("cache", "trainer", "validator"))))
     widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
     return ["  " + "  ".join(v.ljust(w) if k == 0 else v.rjust(w) for k, (v, w) in enumerate(zip(r, widths)))
             for r in rows]

@@ -20,7 +20,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from cache_service.client import attach, call
+from cache_service.recovery import ResilientCache
 from common.config import config_from_dict
 from trainer.datapath import CropBatchStream
 from trainer.loader import PreprocessingBatchStream
@@ -100,8 +100,9 @@ def _epoch_batches(cfg: Any, config: dict[str, Any], cache: Any, validator: Any,
         return PreprocessingBatchStream(config["records"], config["preprocessor"], ratio, cfg.sampler,
                                         cfg.augmentation, cfg.training.batch_size, cfg.training.loader_workers,
                                         **common), ratio, 0
-    snap = call(cache, "snapshot", config["experiment_id"], epoch=epoch)
-    return CropBatchStream(snap.refs, ray.get, snap.ratio, cfg.sampler, cfg.augmentation, cfg.training.batch_size,
+    snap = cache.snapshot(config["experiment_id"], epoch=epoch)
+    fetch = cache.fetcher(snap, config["experiment_id"], epoch)  # re-fetches lost objects after a cache restart
+    return CropBatchStream(snap.refs, fetch, snap.ratio, cfg.sampler, cfg.augmentation, cfg.training.batch_size,
                            rng=rng, **common), snap.ratio, snap.generation
 
 
@@ -120,9 +121,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     start_epoch = _restore(model, optimizer, scaler, config.get("resume_from"))
     stager = DeviceStager(device)  # pinned, reused buffers and a copy stream on CUDA; pass-through on CPU
 
-    cache = attach(config["fingerprint"], cfg.cache.namespace) if cfg.cache.enabled else None
-    validator = ray.get_actor(config["validator_name"], namespace=cfg.cache.namespace)
     experiment_id, t_start = config["experiment_id"], config["t_start"]
+    cache = None if not cfg.cache.enabled else ResilientCache(  # re-attaches if the cache dies and comes back
+        config["fingerprint"], cfg.cache.namespace, cfg.cache.recover_timeout_s, experiment_id=experiment_id)
+    validator = ray.get_actor(config["validator_name"], namespace=cfg.cache.namespace)
+    if rank == 0:  # records a restart of the worker group (and its cost) if this is one
+        ray.get(validator.trainer_started.remote(start_epoch, time.time()))
     pending, last_validated = None, start_epoch - cfg.validation.interval
     for epoch in range(start_epoch, cfg.training.epochs):
         stream, ratio, generation = _epoch_batches(cfg, config, cache, validator, epoch, rank, world, device)
@@ -134,7 +138,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         stop = False
         if rank == 0:
             if cache is not None:
-                call(cache, "report_progress", experiment_id, epoch, {"loss": stats.loss})
+                cache.call("report_progress", experiment_id, epoch, {"loss": stats.loss})
             if pending is not None and ray.wait([pending], timeout=0)[0]:
                 ray.get(pending)  # a validation that failed stops the run with its error
                 pending = None

@@ -67,6 +67,7 @@ class ExperimentSummary(BaseModel):
     registered_at: float
     last_report_at: float | None = None
     info: dict = Field(default_factory=dict)
+    restarts: dict[str, int] = Field(default_factory=dict)  # fault kind -> count
 
 
 class SamplerView(BaseModel):

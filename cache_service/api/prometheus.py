@@ -41,12 +41,15 @@ class StatusCollector(Collector):
                 g.add_metric([c.fingerprint], float(getattr(c, field)))
             yield g
         rot = CounterMetricFamily("smartcache_rotations", "pool rotations since start", labels=["fingerprint"])
+        restarts = CounterMetricFamily("smartcache_cache_restarts", "times the cache actor came back after dying",
+                                       labels=["fingerprint"])
         quarantined = GaugeMetricFamily("smartcache_quarantined_items", "items whose preparation failed",
                                         labels=["fingerprint"])
         for c in self.caches:
             rot.add_metric([c.fingerprint], float(c.rotations))
+            restarts.add_metric([c.fingerprint], float(c.restarts))
             quarantined.add_metric([c.fingerprint], float(len(c.quarantined)))
-        yield from (rot, quarantined)
+        yield from (rot, restarts, quarantined)
 
     def _experiment_metrics(self) -> Iterator[Metric]:
         labels = ["fingerprint", "experiment"]
@@ -63,6 +66,18 @@ class StatusCollector(Collector):
                 if e.sampler_history:
                     dice.add_metric(key, e.sampler_history[-1].mean_dice)
         yield from (ratio, dice, epoch)
+        yield from self._fault_metrics()
+
+    def _fault_metrics(self) -> Iterator[Metric]:
+        """Restarts each experiment lived through, by what restarted (trainer workers, validation actor)."""
+        labels = ["fingerprint", "experiment"]
+        for kind, doc in (("trainer", "Ray Train worker-group restarts of an experiment"),
+                          ("validator", "restarts of an experiment's validation actor")):
+            counter = CounterMetricFamily(f"smartcache_{kind}_restarts", doc, labels=labels)
+            for c in self.caches:
+                for e in c.experiments:
+                    counter.add_metric([c.fingerprint, e.experiment_id], float(e.restarts.get(kind, 0)))
+            yield counter
 
     def collect(self) -> Iterator[Metric]:
         live = GaugeMetricFamily("smartcache_caches", "live caches in the namespace")

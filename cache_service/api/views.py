@@ -46,7 +46,7 @@ def summary_of(exp: ExperimentView) -> ExperimentSummary:
     return ExperimentSummary(experiment_id=exp.experiment_id, fingerprint=exp.fingerprint, epoch=exp.epoch,
                              ratio=exp.ratio, last_mean_dice=last.mean_dice if last else None,
                              reports=len(exp.sampler_history), registered_at=exp.registered_at,
-                             last_report_at=exp.last_report_at, info=exp.info)
+                             last_report_at=exp.last_report_at, info=exp.info, restarts=dict(exp.restarts))
 
 
 def sampler_of(exp: ExperimentView, history: list[SamplerReport]) -> SamplerView:

@@ -17,7 +17,8 @@ from common.demo_data import make_demo_data
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[str]:
     """A 2-CPU local cluster; yields its GCS address so a second driver process can attach."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    # address="local": always a fresh cluster, never one that `ray start` left running on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -33,9 +34,13 @@ def stats_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def small_config(stats_dir: Path, preprocessing: dict[str, Any] | None = None, **cache: Any) -> ExperimentConfig:
-    """3-item pool of 5 training cases, R = 2; a fresh namespace so tests never share an actor."""
+    """3-item pool of 5 training cases, R = 2; a fresh namespace so tests never share an actor.
+
+    No disk tier unless a test asks for one, so no test reads volumes another one wrote.
+    """
     cache_section = {"cache_num": 3, "replace_rate": 0.5, "stats_dir": str(stats_dir), "task_num_cpus": 0.5,
-                     "namespace": f"test-{uuid.uuid4().hex[:8]}", **cache}
+                     "namespace": f"test-{uuid.uuid4().hex[:8]}", "disk_dir": None,
+                     "state_dir": str(stats_dir / "state"), **cache}
     return config_from_dict({"sampler": {"patch_size": [16, 16, 16]}, "cache": cache_section,
                              "preprocessing": preprocessing or {}})
 

@@ -29,7 +29,7 @@ def tiny_config(data: Path, stats_dir: Path, **training: Any) -> ExperimentConfi
         "data": {"dataset_dir": str(data), "val_fraction": 0.34},
         "preprocessing": {"spacing": [1.5, 1.5, 1.5]},
         "cache": {"stats_dir": str(stats_dir), "task_num_cpus": 0.25, "namespace": f"train-{uuid.uuid4().hex[:6]}",
-                  "replace_workers": 1},
+                  "replace_workers": 1, "disk_dir": None, "state_dir": str(stats_dir / "state")},
         "sampler": {"patch_size": [16, 16, 16], "samples_per_volume": 2},
         "augmentation": {"flip_prob": 0.5, "shift_prob": 0.5},
         "training": {"num_workers": 2, "worker_num_cpus": 0.4, "channels": [4, 8], "strides": [2],

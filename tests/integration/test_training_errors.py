@@ -8,7 +8,7 @@ import time
 import pytest
 
 from cache_service.client import stop_caches
-from common.config import config_from_dict
+from common.config import config_from_dict, replace_section
 from common.errors import ConfigError, DataError
 from trainer.launcher import LaunchOptions, TrainingFailedError, run_experiment
 from tests.integration.test_training import tiny_config
@@ -46,7 +46,8 @@ def test_patch_larger_than_every_volume(ray_cluster, demo_root, stats_dir, tmp_p
 def test_cache_that_disappears_mid_run(ray_cluster, demo_root, stats_dir, tmp_path):
     import ray
 
-    cfg = tiny_config(demo_root, stats_dir, epochs=500, num_workers=1)
+    cfg = tiny_config(demo_root, stats_dir, epochs=500, num_workers=1, max_failures=0)
+    cfg = replace_section(cfg, "cache", recover_timeout_s=10.0)  # stopped for good: consumers give up after 10 s
 
     def kill_cache_once_training() -> None:
         deadline = time.monotonic() + 180
@@ -60,7 +61,8 @@ def test_cache_that_disappears_mid_run(ray_cluster, demo_root, stats_dir, tmp_pa
     killer = threading.Thread(target=kill_cache_once_training, daemon=True)
     killer.start()
     start = time.monotonic()
-    with pytest.raises(TrainingFailedError, match="unavailable") as info:
+    gave_up = "unavailable: did not come back within cache.recover_timeout_s=10s"
+    with pytest.raises(TrainingFailedError, match=gave_up) as info:
         run_experiment(cfg, LaunchOptions(tmp_path / "o", show_progress=False))
     assert time.monotonic() - start < 200
     assert "Traceback" not in str(info.value)

@@ -1,0 +1,175 @@
+"""Consumers that survive a cache restart: re-attach with backoff, take a fresh snapshot, carry on.
+
+Ownership (see docs/reliability.md): every cached volume is returned by a task the cache
+actor submitted, so the actor owns it and Ray frees it when the actor's process dies, even
+while a consumer still holds the ref. Rather than move ownership somewhere that could die
+just the same, a consumer treats a lost volume like a lost connection:
+
+- :class:`ResilientCache` wraps every call; when the cache is away (actor dead, restarting,
+  or still warming after its restart) it waits with :class:`~common.backoff.Backoff`,
+  re-attaches by name, re-registers its experiment if the registry lost it, and retries.
+- :class:`RecoveringFetch` is the ``fetch`` a trainer hands its batch producer: a volume
+  whose owner died (``OwnerDiedError``/``ObjectLostError``) is replaced by the volume at the
+  same position of a fresh snapshot of the same epoch, so the epoch is finished, not
+  repeated, and every DDP rank still takes the same number of steps.
+
+Only when the cache is not back within ``cache.recover_timeout_s`` does the caller get a
+:class:`~common.errors.CacheUnavailableError` saying so.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+import ray
+from ray.exceptions import ObjectLostError, RayActorError
+
+from cache_service.client import DEFAULT_TIMEOUT_S, attach, cache_name, call
+from cache_service.snapshot import Snapshot
+from common.backoff import Backoff
+from common.errors import CacheUnavailableError, UnknownItemError
+
+__all__ = ["RecoveringFetch", "ResilientCache", "LOST_OBJECT_ERRORS"]
+
+log = logging.getLogger(__name__)
+
+LOST_OBJECT_ERRORS = (ObjectLostError, RayActorError)  # OwnerDiedError is an ObjectLostError
+
+
+class ResilientCache:
+    """A handle to the cache of one fingerprint that re-attaches when the actor dies and comes back."""
+
+    def __init__(self, fingerprint: str, namespace: str, recover_timeout_s: float, *,
+                 experiment_id: str | None = None, info: dict[str, Any] | None = None,
+                 call_timeout_s: float = DEFAULT_TIMEOUT_S, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic, rng: np.random.Generator | None = None) -> None:
+        self.fingerprint, self.namespace, self.name = fingerprint, namespace, cache_name(fingerprint)
+        self.policy = Backoff(timeout_s=recover_timeout_s)
+        self.experiment_id, self.info = experiment_id, info
+        self.call_timeout_s, self._sleep, self._clock = call_timeout_s, sleep, clock
+        self._rng = rng if rng is not None else np.random.default_rng()
+        self._lock = threading.Lock()
+        self.handle: Any = None
+        self.recoveries: list[float] = []  # seconds each recovery waited
+        self._connect_or_recover()
+
+    def _connect_or_recover(self) -> None:
+        try:
+            self.handle = attach(self.fingerprint, self.namespace, timeout_s=self.call_timeout_s)
+        except CacheUnavailableError as err:
+            self.recover(err)
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``client.call`` on the cache; while the cache is away, recover and retry (bounded in time)."""
+        while True:
+            try:
+                return call(self.handle, method, *args, timeout_s=self.call_timeout_s, name=self.name, **kwargs)
+            except CacheUnavailableError as err:
+                self.recover(err)
+            except UnknownItemError:
+                if self.experiment_id is None or not self._reregister():
+                    raise
+
+    def _reregister(self) -> bool:
+        """The cache came back without our experiment (its saved registry was unreadable): attach it again."""
+        log.warning("cache %s does not know experiment %s any more; registering it again", self.name,
+                    self.experiment_id)
+        call(self.handle, "register", self.experiment_id, self.info, timeout_s=self.call_timeout_s, name=self.name)
+        return True
+
+    def recover(self, cause: BaseException) -> float:
+        """Wait (with backoff) until the cache answers and is warm again; returns the seconds waited.
+
+        Threads that hit the same outage queue on a lock, and the later ones find the cache
+        back at once.
+        """
+        with self._lock:
+            clock = self.policy.start(self._clock(), self._rng)
+            last: BaseException = cause
+            log.warning("cache %s unavailable (%s); re-attaching for up to %.0fs", self.name, cause,
+                        self.policy.timeout_s)
+            while True:
+                try:
+                    self.handle = attach(self.fingerprint, self.namespace, timeout_s=self.call_timeout_s)
+                    if self._warm():
+                        waited = clock.elapsed(self._clock())
+                        self.recoveries.append(waited)
+                        log.warning("cache %s is back after %.1fs", self.name, waited)
+                        return waited
+                except CacheUnavailableError as err:
+                    last = err
+                delay = clock.next_delay(self._clock())
+                if delay is None:
+                    raise CacheUnavailableError(
+                        self.name, f"did not come back within cache.recover_timeout_s={self.policy.timeout_s:g}s "
+                                   f"(last error: {last}); the run stops here. Check the cache with "
+                                   f"`smartcache status`, or raise cache.recover_timeout_s") from cause
+                self._sleep(delay)
+
+    def _warm(self) -> bool:
+        """Ready to hand out snapshots again (re-registering our experiment if the restart lost it)."""
+        status = call(self.handle, "status", timeout_s=self.call_timeout_s, name=self.name)
+        known = {e.experiment_id for e in status.experiments}
+        if self.experiment_id is not None and self.experiment_id not in known:
+            self._reregister()
+        return status.state == "ready"
+
+    def snapshot(self, experiment_id: str, epoch: int | None = None) -> Snapshot:
+        return self.call("snapshot", experiment_id, epoch=epoch)
+
+    def fetcher(self, snapshot: Snapshot, experiment_id: str, epoch: int | None) -> "RecoveringFetch":
+        """The ``fetch`` for one epoch's snapshot: lost volumes come from a fresh snapshot of that epoch."""
+        return RecoveringFetch(self, snapshot, lambda: self.snapshot(experiment_id, epoch=epoch))
+
+
+class RecoveringFetch:
+    """``ray.get`` for the refs of one snapshot that survives the death of their owner.
+
+    A ref whose object is lost is mapped to the ref at the same position in a fresh
+    snapshot (``retake``: the same epoch's pool, or the validation volumes) from the
+    restarted cache; it is taken once and shared by every later lookup.
+    """
+
+    def __init__(self, cache: ResilientCache, snapshot: Snapshot, retake: Callable[[], Snapshot],
+                 get: Callable[[Any], Any] = ray.get) -> None:
+        self.cache, self._retake, self._get = cache, retake, get
+        self._position = {ref: k for k, ref in enumerate(snapshot.refs)}
+        self._fresh: Snapshot | None = None
+        self._lock = threading.Lock()
+        self.replaced = 0
+
+    RETAKES = 3  # fresh snapshots tried for one lookup (the cache may die again while we read)
+
+    def __call__(self, ref: Any) -> Any:
+        try:
+            return self._get(ref)
+        except LOST_OBJECT_ERRORS as err:
+            last: BaseException = err
+        for _ in range(self.RETAKES):
+            fresh = self._replacement(ref, last)
+            try:
+                return self._get(fresh)
+            except LOST_OBJECT_ERRORS as err:
+                last = err
+                with self._lock:  # that snapshot died too: the next lookup takes another
+                    if self._fresh is not None and fresh in self._fresh.refs:
+                        self._fresh = None
+        raise CacheUnavailableError(self.cache.name, f"lost its volumes {self.RETAKES} times in one epoch "
+                                                     f"({type(last).__name__})") from last
+
+    def _replacement(self, ref: Any, err: BaseException) -> Any:
+        with self._lock:
+            if self._fresh is None:
+                log.warning("a cached volume was lost with its owner (%s); taking a fresh snapshot",
+                            type(err).__name__)
+                self.cache.recover(err)
+                self._fresh = self._retake()
+                if not self._fresh.refs:
+                    raise CacheUnavailableError(self.cache.name, "came back with an empty pool") from err
+            self.replaced += 1
+            refs = self._fresh.refs
+            return refs[self._position.get(ref, 0) % len(refs)]

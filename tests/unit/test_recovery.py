@@ -1,0 +1,160 @@
+"""Recovery decisions without Ray: the backoff policy, re-attaching, and replacing lost volumes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from ray.exceptions import OwnerDiedError
+
+import cache_service.recovery as recovery
+from cache_service.recovery import RecoveringFetch, ResilientCache
+from cache_service.snapshot import Snapshot
+from cache_service.status import CacheStatus
+from common.backoff import Backoff
+from common.errors import CacheUnavailableError
+
+
+def test_backoff_grows_caps_and_jitters_within_bounds():
+    policy = Backoff(timeout_s=100, initial_s=0.5, factor=2, max_s=4, jitter=0.25)
+    rng = np.random.default_rng(0)
+    for attempt, base in enumerate([0.5, 1, 2, 4, 4, 4]):
+        d = policy.delay(attempt, rng)
+        assert 0.75 * base <= d <= base
+    assert Backoff(timeout_s=1, jitter=0).delay(1000, rng) == 5.0  # huge attempt counts do not overflow
+
+
+def test_backoff_clock_never_overshoots_the_timeout():
+    clock = Backoff(timeout_s=3, initial_s=1, factor=2, max_s=10, jitter=0).start(100.0, np.random.default_rng(1))
+    now, waits = 100.0, []
+    while (d := clock.next_delay(now)) is not None:
+        waits.append(d)
+        now += d
+    assert waits == [1.0, 2.0] and now == 103.0 and clock.elapsed(now) == 3.0
+
+
+@pytest.mark.parametrize("bad", [dict(timeout_s=0), dict(timeout_s=1, initial_s=0), dict(timeout_s=1, factor=0.5),
+                                 dict(timeout_s=1, jitter=1.0), dict(timeout_s=1, initial_s=9, max_s=1)])
+def test_backoff_rejects_nonsense(bad):
+    with pytest.raises(ValueError):
+        Backoff(**bad)
+
+
+def _status(state: str, experiments: tuple[str, ...] = ()) -> CacheStatus:
+    from cache_service.status import ExperimentStatus
+
+    exps = [ExperimentStatus(experiment_id=e, registered_at=0.0, ratio=1.0) for e in experiments]
+    return CacheStatus(fingerprint="ab", name="smartcache-ab", state=state, train_items=4, cache_num=2, capacity=2,
+                       items_cached=2, pool=["a", "b"], bytes_cached=0, byte_budget=1, generation=0, rotations=0,
+                       replace_num=1, replacements_pending=0, replacements_ready=0, val_items_total=0,
+                       val_items_cached=0, experiments=exps)
+
+
+class FakeCluster:
+    """The cache as seen through client.attach/call: down for a while, then filling, then ready."""
+
+    def __init__(self, down: int, filling: int, knows: tuple[str, ...] = ("exp",)) -> None:
+        self.down, self.filling, self.knows = down, filling, knows
+        self.calls: list[str] = []
+
+    def attach(self, fingerprint: str, namespace: str, timeout_s: float) -> str:
+        if self.down > 0:
+            self.down -= 1
+            raise CacheUnavailableError("smartcache-ab", "gone")
+        return "handle"
+
+    def call(self, handle: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append(method)
+        if method == "status":
+            self.filling -= 1
+            return _status("filling" if self.filling >= 0 else "ready", self.knows)
+        if method == "register":
+            self.knows = self.knows + (args[0],)
+        return method
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    def install(**kw: Any) -> FakeCluster:
+        cluster = FakeCluster(**kw)
+        monkeypatch.setattr(recovery, "attach", cluster.attach)
+        monkeypatch.setattr(recovery, "call", cluster.call)
+        return cluster
+    return install
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def sleep(self, s: float) -> None:
+        self.now += s
+
+
+def test_resilient_cache_waits_until_back_and_warm_then_reregisters(fake):
+    cluster = fake(down=0, filling=0)
+    t = FakeTime()
+    cache = ResilientCache("ab", "ns", 60, experiment_id="exp2", sleep=t.sleep, clock=lambda: t.now,
+                           rng=np.random.default_rng(0))
+    cluster.down, cluster.filling = 3, 2  # the actor dies: 3 failed attaches, then 2 polls while it warms
+    waited = cache.recover(CacheUnavailableError("smartcache-ab", "died"))
+    assert 0 < waited == t.now < 60 and cache.recoveries == [waited]
+    assert "register" in cluster.calls and "exp2" in cluster.knows  # the restart had lost exp2: attached again
+
+
+def test_resilient_cache_gives_up_after_recover_timeout_with_a_clear_message(fake):
+    cluster = fake(down=0, filling=-1)
+    t = FakeTime()
+    cache = ResilientCache("ab", "ns", 20, sleep=t.sleep, clock=lambda: t.now, rng=np.random.default_rng(0))
+    cluster.down = 10**6  # never comes back
+    with pytest.raises(CacheUnavailableError, match=r"recover_timeout_s=20s .*gone"):
+        cache.recover(CacheUnavailableError("smartcache-ab", "died"))
+    assert t.now == pytest.approx(20.0)
+
+
+class LostRefs:
+    """ray.get stand-in: refs named 'old-*' belong to the dead owner."""
+
+    def __call__(self, ref: str) -> str:
+        if ref.startswith("old"):
+            raise OwnerDiedError("00" * 28, None, "")
+        return f"volume {ref}"
+
+
+class SnapCache:
+    name = "smartcache-ab"
+
+    def __init__(self) -> None:
+        self.recovered = self.snapshots = 0
+
+    def recover(self, err: BaseException) -> float:
+        self.recovered += 1
+        return 0.0
+
+    def snapshot(self, experiment_id: str, epoch: int | None = None) -> Snapshot:
+        self.snapshots += 1
+        return Snapshot(1, ("a", "b", "c"), ("new-a", "new-b", "new-c"), 1.0)
+
+
+def test_lost_volumes_are_replaced_from_one_fresh_snapshot_at_the_same_positions():
+    cache = SnapCache()
+    old = Snapshot(0, ("a", "b", "c"), ("old-a", "old-b", "old-c"), 1.0)
+    fetch = RecoveringFetch(cache, old, lambda: cache.snapshot("exp", 4), get=LostRefs())  # type: ignore[arg-type]
+    assert [fetch(r) for r in ("old-c", "old-a", "old-b")] == ["volume new-c", "volume new-a", "volume new-b"]
+    assert cache.recovered == 1 and cache.snapshots == 1 and fetch.replaced == 3
+    assert fetch("fine") == "volume fine"  # refs that still resolve are read as they are
+
+
+def test_a_cache_that_keeps_dying_ends_the_lookup_with_a_clear_error():
+    class AlwaysLost(SnapCache):
+        def snapshot(self, experiment_id: str, epoch: int | None = None) -> Snapshot:
+            self.snapshots += 1
+            return Snapshot(1, ("a",), ("old-again",), 1.0)
+
+    cache = AlwaysLost()
+    fetch = RecoveringFetch(cache, Snapshot(0, ("a",), ("old-a",), 1.0), lambda: cache.snapshot("exp"),
+                            get=LostRefs())  # type: ignore[arg-type]
+    with pytest.raises(CacheUnavailableError, match="lost its volumes 3 times"):
+        fetch("old-a")
+    assert cache.snapshots == 3

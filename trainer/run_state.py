@@ -1,0 +1,94 @@
+"""What a run must not lose when its validation actor dies: history, training rows, faults, best weights.
+
+The validation actor keeps these in memory for speed and writes them to the run folder on
+every change (temp file + rename, so a crash leaves the old or the new file, never half of
+one). When Ray restarts the actor, it reads them back and validation goes on where it
+stopped; the report and the curves show no gap but the validation that was cut short.
+Rows are keyed, so an epoch that is run again after a trainer restart replaces its old row
+instead of appearing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+__all__ = ["RunState"]
+
+STATE_FILE = "validator.json"
+BEST_FILE = "best_weights.pt"
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, mode) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunState:
+    """Validation rows (one per epoch), training rows (one per epoch and rank), faults, best weights."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.val_rows: dict[int, dict[str, Any]] = {}
+        self.train_rows: dict[tuple[int, int], dict[str, Any]] = {}
+        self.faults: list[dict[str, Any]] = []
+        self.best: tuple[float, dict[str, torch.Tensor]] | None = None
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "RunState":
+        """What an earlier instance of the actor saved here (empty if nothing was)."""
+        state = cls(folder)
+        path = state.folder / STATE_FILE
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            state.val_rows = {int(r["epoch"]): r for r in saved["validation"]}
+            state.train_rows = {(int(r["epoch"]), int(r.get("rank", 0))): r for r in saved["train"]}
+            state.faults = list(saved["faults"])
+            best = state.folder / BEST_FILE
+            if saved.get("best_dice") is not None and best.is_file():
+                state.best = (float(saved["best_dice"]), torch.load(best, map_location="cpu", weights_only=True))
+        return state
+
+    @property
+    def restored(self) -> bool:
+        return bool(self.val_rows or self.train_rows)
+
+    def history(self) -> list[dict[str, Any]]:
+        return [self.val_rows[e] for e in sorted(self.val_rows)]
+
+    def train_history(self) -> list[dict[str, Any]]:
+        return [self.train_rows[k] for k in sorted(self.train_rows)]
+
+    def add_validation(self, row: dict[str, Any], weights: dict[str, torch.Tensor]) -> None:
+        self.val_rows[int(row["epoch"])] = row
+        if self.best is None or row["mean_dice"] > self.best[0]:
+            self.best = (float(row["mean_dice"]), {k: v.detach().clone() for k, v in weights.items()})
+            _atomic_write(self.folder / BEST_FILE, lambda fh: torch.save(self.best[1], fh), "wb")
+        self.save()
+
+    def add_train(self, row: dict[str, Any]) -> None:
+        self.train_rows[(int(row["epoch"]), int(row.get("rank", 0)))] = dict(row)
+        self.save()
+
+    def add_fault(self, fault: dict[str, Any]) -> None:
+        self.faults.append(dict(fault))
+        self.save()
+
+    def save(self) -> None:
+        body = {"validation": self.history(), "train": self.train_history(), "faults": self.faults,
+                "best_dice": None if self.best is None else self.best[0]}
+        _atomic_write(self.folder / STATE_FILE, lambda fh: json.dump(body, fh), "w")
