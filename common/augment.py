@@ -7,6 +7,10 @@ seeded producer gives the same augmentations in the same order on every run.
 Intensity transforms modify a writeable input in place (pass a copy to keep it);
 ``augment_batch`` copies the batch first unless told it may work in place.
 
+Each transform first ``draw``s its random parameters (None when it does not fire) and then
+applies them, so another executor -- the device crop path in ``trainer/device_crops.py`` --
+can take exactly the same draws from the same generator and apply them to tensors on a GPU.
+
 Intensity transforms follow MONAI's definitions: the shift adds an *absolute* offset
 drawn from [-shift_offset, shift_offset] (MONAI ``RandShiftIntensity``, which the paper
 uses; the cached CT is already scaled to [0, 1] and MRI z-scored, so an absolute offset
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from scipy import ndimage
@@ -30,6 +34,8 @@ Sample = tuple[np.ndarray, np.ndarray]
 
 class RandomTransform(Protocol):
     is_random: bool
+
+    def draw(self, rng: np.random.Generator) -> Any: ...
 
     def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> Sample: ...
 
@@ -52,9 +58,14 @@ class RandFlip:
     def __init__(self, prob: float) -> None:
         self.prob = prob
 
+    def draw(self, rng: np.random.Generator) -> tuple[int, ...] | None:
+        """Array axes to mirror (1..3; axis 0 is the channel), or None."""
+        axes = tuple(int(1 + a) for a in np.flatnonzero(rng.random(3) < self.prob))
+        return axes or None
+
     def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> Sample:
-        axes = tuple(1 + a for a in np.flatnonzero(rng.random(image.ndim - 1) < self.prob))
-        if not axes:
+        axes = self.draw(rng)
+        if axes is None:
             return image, label
         return np.flip(image, axes), np.flip(label, axes)
 
@@ -67,10 +78,13 @@ class RandShiftIntensity:
     def __init__(self, prob: float, offset: float) -> None:
         self.prob, self.offset = prob, offset
 
+    def draw(self, rng: np.random.Generator) -> float | None:
+        """The offset, or None."""
+        return None if rng.random() >= self.prob else float(rng.uniform(-self.offset, self.offset))
+
     def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> Sample:
-        if rng.random() >= self.prob:
-            return image, label
-        return _inplace(np.add, image, np.float32(rng.uniform(-self.offset, self.offset))), label
+        offset = self.draw(rng)
+        return (image, label) if offset is None else (_inplace(np.add, image, np.float32(offset)), label)
 
 
 class RandScaleIntensity:
@@ -81,10 +95,13 @@ class RandScaleIntensity:
     def __init__(self, prob: float, factor: float) -> None:
         self.prob, self.factor = prob, factor
 
+    def draw(self, rng: np.random.Generator) -> float | None:
+        """The multiplier 1 + U(-factor, factor), or None."""
+        return None if rng.random() >= self.prob else float(1.0 + rng.uniform(-self.factor, self.factor))
+
     def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> Sample:
-        if rng.random() >= self.prob:
-            return image, label
-        return _inplace(np.multiply, image, np.float32(1.0 + rng.uniform(-self.factor, self.factor))), label
+        scale = self.draw(rng)
+        return (image, label) if scale is None else (_inplace(np.multiply, image, np.float32(scale)), label)
 
 
 class RandContrast:
@@ -95,10 +112,14 @@ class RandContrast:
     def __init__(self, prob: float, gamma: tuple[float, float]) -> None:
         self.prob, self.gamma = prob, gamma
 
+    def draw(self, rng: np.random.Generator) -> float | None:
+        """The gamma, or None."""
+        return None if rng.random() >= self.prob else float(rng.uniform(*self.gamma))
+
     def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> Sample:
-        if rng.random() >= self.prob:
+        gamma = self.draw(rng)
+        if gamma is None:
             return image, label
-        gamma = rng.uniform(*self.gamma)
         lo, hi = float(image.min()), float(image.max())
         if hi - lo <= 1e-12:  # a flat crop has no contrast to change
             return image, label
@@ -139,10 +160,14 @@ class RandAffine:
         zoom = 1.0 + rng.uniform(-self.scale, self.scale, 3)
         return rotation_matrix(angles) @ np.diag(zoom)
 
+    def draw(self, rng: np.random.Generator) -> np.ndarray | None:
+        """The output-to-input matrix, or None."""
+        return None if rng.random() >= self.prob else self.matrix(rng)
+
     def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> Sample:
-        if rng.random() >= self.prob:
+        mat = self.draw(rng)
+        if mat is None:
             return image, label
-        mat = self.matrix(rng)
         centre = (np.asarray(image.shape[1:], dtype=np.float64) - 1) / 2
         offset = centre - mat @ centre
         warp = lambda a, order: ndimage.affine_transform(a, mat, offset, order=order, mode="constant", cval=0)  # noqa: E731

@@ -185,6 +185,10 @@ class SamplerConfig:
     initial_ratio: float = 1.0
     formula: str = "stable"  # stable (Eq. 5-6) | plain (Eq. 2-3)
     adaptive: bool = True
+    # where crops are cut: "cpu" (a producer thread) or "cuda" (on the training device from volumes
+    # uploaded once per pool generation, within gpu_cache_bytes; on a CPU run the same code runs on the CPU)
+    device: str = "cpu"
+    gpu_cache_bytes: int | str = "8GiB"
 
     def __post_init__(self) -> None:
         _check(len(self.patch_size) == 3 and all(int(p) >= 1 for p in self.patch_size), "sampler.patch_size",
@@ -196,6 +200,9 @@ class SamplerConfig:
         _check(self.ratio_bounds[0] <= self.initial_ratio <= self.ratio_bounds[1], "sampler.initial_ratio",
                self.initial_ratio, f"a ratio within ratio_bounds {list(self.ratio_bounds)}")
         _check(self.formula in ("stable", "plain"), "sampler.formula", self.formula, "stable or plain")
+        _check(self.device in ("cpu", "cuda"), "sampler.device", self.device, "cpu or cuda")
+        object.__setattr__(self, "gpu_cache_bytes", parse_bytes(self.gpu_cache_bytes, "sampler.gpu_cache_bytes"))
+        _check(int(self.gpu_cache_bytes) >= 0, "sampler.gpu_cache_bytes", self.gpu_cache_bytes, "a byte count >= 0")
 
 
 #: the learning rate each optimiser gets when ``training.lr`` is left out. NovoGrad normalises each
@@ -309,6 +316,9 @@ class ExperimentConfig:
                            ("validation.roi_size", self.validation.roi_size)):
             _check(all(s % factor == 0 for s in size), name, size,
                    f"sizes divisible by {factor}, the U-Net's total stride (training.strides={list(self.training.strides)})")
+        _check(self.sampler.device == "cpu" or self.augmentation.affine_prob == 0, "augmentation.affine_prob",
+               self.augmentation.affine_prob, "0 with sampler.device=cuda (the device crop path flips and shifts "
+               "intensities but does not warp); or set sampler.device=cpu")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

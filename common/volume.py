@@ -44,13 +44,6 @@ class PreparedVolume:
         """Bytes this volume occupies in the object store (arrays only; metadata is tiny)."""
         return int(self.image.nbytes + self.label.nbytes + sum(i.nbytes for i in self.class_indices))
 
-    def foreground_indices(self) -> np.ndarray:
-        """Flat indices of voxels of any foreground class (the positive crop centres)."""
-        fg = [i for i in self.class_indices[1:] if i.size]
-        if len(fg) == 1:  # the common case: no copy of a possibly large index array per call
-            return fg[0]
-        return np.concatenate(fg) if fg else np.empty(0, dtype=np.int64)
-
     def background_indices(self) -> np.ndarray:
         return self.class_indices[0]
 

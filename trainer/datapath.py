@@ -1,10 +1,16 @@
 """The consumer side of the data path: cached volumes in, augmented crop batches out.
 
-A trainer worker gets an epoch snapshot of pool refs, takes its shard, and a single
-background thread turns volumes into batches while the GPU trains on the previous ones.
-Ray stays out of this module: ``fetch`` is ``ray.get`` in production (zero-copy,
-read-only shared memory) and the identity in tests. One producer thread drawing from
-one seeded generator keeps the batch order deterministic.
+A trainer worker gets an epoch snapshot of pool refs, takes its shard, and background
+threads turn volumes into batches while the GPU trains on the previous ones. Ray stays
+out of this module: ``fetch`` is ``ray.get`` in production (zero-copy, read-only shared
+memory) and the identity in tests.
+
+Determinism with several threads: one planner thread makes every random decision from
+the one seeded generator, in order (volume order, crop centres, flips, and a seed for
+each batch's intensity augmentation); copy threads only execute plans, and batches are
+delivered in plan order. So the output depends on the seed, never on the thread count
+or on timing. numpy releases the GIL while it copies, so several copy threads can use
+several cores where the machine has them to spare.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import math
 import queue
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -57,7 +64,7 @@ _END = object()
 
 
 @dataclass(frozen=True)
-class _Crop:
+class PlannedCrop:
     """One planned crop: the volume it comes from, its centre, and whether it is positive."""
 
     volume: PreparedVolume
@@ -65,21 +72,63 @@ class _Crop:
     positive: bool
 
 
+@dataclass(frozen=True)
+class BatchPlan:
+    """Everything random about one batch, drawn by the planner; copying it needs no generator."""
+
+    crops: list[PlannedCrop]
+    flips: np.ndarray  # (B, 3) axes to mirror while copying
+    augment_seed: int | None  # seed of the batch's intensity augmentation; None: augmentation is off
+
+
+BatchCutter = Callable[[BatchPlan], Batch]
+"""Executes a batch plan: the host cutter below, or the device one (``trainer.device_crops``)."""
+
+
+def _augmentation_off(cfg: AugmentConfig) -> bool:
+    """True when no post-flip transform can fire, so the augmentation pass can be skipped."""
+    return max(cfg.affine_prob, cfg.contrast_prob, cfg.scale_prob, cfg.shift_prob) <= 0.0
+
+
+class HostCutter:
+    """Cuts planned crops on the CPU straight into one batch array, augments it in place, wraps as tensors."""
+
+    def __init__(self, patch: Sequence[int], augment: AugmentConfig) -> None:
+        self.patch = tuple(int(p) for p in patch)
+        self.augment_rest = without_flip(augment)  # flips happen while copying
+
+    def __call__(self, plan: BatchPlan) -> Batch:
+        crops, first = plan.crops, plan.crops[0].volume
+        images = np.empty((len(crops), first.image.shape[0], *self.patch), dtype=np.float32)
+        labels = np.empty((len(crops), first.label.shape[0], *self.patch), dtype=np.uint8)
+        for i, c in enumerate(crops):
+            crop_into(images[i], labels[i], c.volume.image, c.volume.label, c.centre, self.patch, flip=plan.flips[i])
+        if plan.augment_seed is not None:
+            augment_batch(images, labels, self.augment_rest, np.random.default_rng(plan.augment_seed), inplace=True)
+        positive = torch.tensor([c.positive for c in crops], dtype=torch.bool)
+        return {"image": torch.from_numpy(images), "label": torch.from_numpy(labels), "positive": positive}
+
+
 class CropBatchStream:
-    """Iterable of crop batches for one worker and one epoch, produced by a background thread.
+    """Iterable of crop batches for one worker and one epoch, produced by background threads.
 
     Crops of a window of volumes are shuffled together so a batch mixes volumes; the
     window holds enough volumes for two batches. With ``steps`` the shard is cycled until
     that many batches are delivered (every rank then steps the same number of times);
-    without, one pass is made and the last batch may be short.
+    without, one pass is made and the last batch may be short. ``copy_threads`` batches
+    are cut at once (1: the planner thread cuts them itself); the batches are the same
+    for any value. One is the default: on the 2-core test machine a second copy thread gave no
+    gain (docs/benchmarks.md). ``keep_fetched`` fetches each volume once per stream (see ``_volume``).
     """
 
     def __init__(self, refs: Sequence[Any], fetch: Callable[[Any], PreparedVolume], ratio: float,
                  sampler: SamplerConfig, augment: AugmentConfig, batch_size: int, seed: int = 0,
                  rank: int = 0, world_size: int = 1, epoch: int = 0, prefetch: int = 2,
-                 steps: int | None = None, rng: np.random.Generator | None = None) -> None:
-        if batch_size < 1 or prefetch < 1:
-            raise ValueError(f"batch_size ({batch_size}) and prefetch ({prefetch}) must be >= 1")
+                 steps: int | None = None, rng: np.random.Generator | None = None,
+                 copy_threads: int = 1, keep_fetched: bool = False, cutter: BatchCutter | None = None) -> None:
+        if batch_size < 1 or prefetch < 1 or copy_threads < 1:
+            raise ValueError(f"batch_size ({batch_size}), prefetch ({prefetch}) and copy_threads ({copy_threads}) "
+                             "must be >= 1")
         self.refs, self.fetch, self.ratio = list(refs), fetch, float(ratio)
         self.sampler, self.augment, self.batch_size = sampler, augment, batch_size
         self.order = shard(len(self.refs), rank, world_size, epoch, seed)
@@ -90,13 +139,20 @@ class CropBatchStream:
         self.cycle = steps is not None
         self.steps = steps if steps is not None else math.ceil(total / batch_size)
         self.window = max(1, math.ceil(2 * batch_size / sampler.samples_per_volume))
+        self.patch = tuple(int(p) for p in sampler.patch_size)
+        self.augment_rest = without_flip(augment)  # flips happen while copying
+        self.cut = cutter if cutter is not None else HostCutter(self.patch, augment)
+        self.keep_fetched = keep_fetched
+        self._fetched: dict[int, PreparedVolume] = {}
         self.wait_seconds = 0.0
         self.crops_delivered = 0
         self.batches_delivered = 0
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=prefetch)
         self._stop = threading.Event()
         self._done = False
-        self._thread = threading.Thread(target=self._produce, name="crop-batch-producer", daemon=True)
+        self._pool = (ThreadPoolExecutor(copy_threads, thread_name_prefix="crop-batch-copy")
+                      if copy_threads > 1 else None)
+        self._thread = threading.Thread(target=self._produce, name="crop-batch-planner", daemon=True)
         self._thread.start()
 
     # ----- producer side (background thread) -------------------------------------------
@@ -109,40 +165,48 @@ class CropBatchStream:
             if not self.cycle:
                 return
 
-    def _plan(self, positions: list[int]) -> list[_Crop]:
+    def _volume(self, position: int) -> PreparedVolume:
+        """The fetched volume at a snapshot position; fetched once per stream with ``keep_fetched``.
+
+        Objects in the store are immutable and ``ray.get`` returns read-only views of shared
+        memory, so keeping them costs no memory and saves a deserialisation per volume draw.
+        Off by default: with a fetch that loads and preprocesses (the no-cache baseline) keeping
+        would turn the stream into a private cache.
+        """
+        if not self.keep_fetched:
+            return self.fetch(self.refs[position])
+        volume = self._fetched.get(position)
+        if volume is None:
+            volume = self._fetched[position] = self.fetch(self.refs[position])
+        return volume
+
+    def _plan(self, positions: list[int]) -> list[PlannedCrop]:
         """Centres for every crop of a window, shuffled across its volumes."""
-        plan: list[_Crop] = []
+        plan: list[PlannedCrop] = []
         for position in positions:
-            volume = self.fetch(self.refs[position])
+            volume = self._volume(position)
             centres, positive = choose_centres(volume, self.sampler.samples_per_volume, self.ratio, self.rng)
-            plan.extend(_Crop(volume, c, bool(p)) for c, p in zip(centres, positive))
+            plan.extend(PlannedCrop(volume, c, bool(p)) for c, p in zip(centres, positive))
         return [plan[i] for i in self.rng.permutation(len(plan))]
 
-    def _make_batch(self, crops: list[_Crop]) -> Batch:
-        """Copy planned crops straight into one batch array, augment it in place, wrap as tensors."""
-        patch = tuple(int(p) for p in self.sampler.patch_size)
-        first = crops[0].volume
-        images = np.empty((len(crops), first.image.shape[0], *patch), dtype=np.float32)
-        labels = np.empty((len(crops), first.label.shape[0], *patch), dtype=np.uint8)
-        flips = draw_flips(len(crops), self.augment, self.rng)  # flipped while copying: no extra pass
-        for i, c in enumerate(crops):
-            crop_into(images[i], labels[i], c.volume.image, c.volume.label, c.centre, patch, flip=flips[i])
-        augment_batch(images, labels, without_flip(self.augment), self.rng, inplace=True)
-        positive = torch.tensor([c.positive for c in crops], dtype=torch.bool)
-        return {"image": torch.from_numpy(images), "label": torch.from_numpy(labels), "positive": positive}
+    def _plan_batch(self, crops: list[PlannedCrop]) -> BatchPlan:
+        """Draw the rest of a batch's randomness (flips, augmentation seed) in planner order."""
+        flips = draw_flips(len(crops), self.augment, self.rng)
+        seed = None if _augmentation_off(self.augment_rest) else int(self.rng.integers(2 ** 63))
+        return BatchPlan(crops, flips, seed)
 
-    def _batches(self) -> Iterator[Batch]:
-        """Yield at most ``self.steps`` batches; crops left over from a window join the next one."""
+    def _plans(self) -> Iterator[BatchPlan]:
+        """At most ``self.steps`` batch plans; crops left over from a window join the next one."""
         made, pending = 0, []
         for positions in self._windows():
             pending.extend(self._plan(positions))
             while len(pending) >= self.batch_size:
-                yield self._make_batch(pending[:self.batch_size])
+                yield self._plan_batch(pending[:self.batch_size])
                 pending, made = pending[self.batch_size:], made + 1
                 if made == self.steps:
                     return
         if pending:  # end of a single pass: the short last batch
-            yield self._make_batch(pending)
+            yield self._plan_batch(pending)
 
     def _put(self, item: Any) -> bool:
         """Put unless stopped; polling keeps close() from hanging on a full queue."""
@@ -155,9 +219,11 @@ class CropBatchStream:
         return False
 
     def _produce(self) -> None:
+        """Planner loop: plans in order; copies inline (one thread) or as futures, queued in order."""
         try:
-            for batch in self._batches():
-                if not self._put(batch):
+            for plan in self._plans():
+                item = self.cut(plan) if self._pool is None else self._pool.submit(self.cut, plan)
+                if not self._put(item):
                     return
             self._put(_END)
         except BaseException as err:  # noqa: BLE001 -- handed to the consumer, which re-raises
@@ -173,6 +239,11 @@ class CropBatchStream:
             raise StopIteration
         start = time.perf_counter()
         item = self._queue.get()
+        if isinstance(item, Future):
+            try:
+                item = item.result()
+            except BaseException as err:  # noqa: BLE001 -- re-raised below as the producer's failure
+                item = _Failure(err)
         self.wait_seconds += time.perf_counter() - start
         if item is _END:
             self._done = True
@@ -194,10 +265,15 @@ class CropBatchStream:
         self._done = True
         while True:
             try:
-                self._queue.get_nowait()
+                item = self._queue.get_nowait()
             except queue.Empty:
                 break
+            if isinstance(item, Future):
+                item.cancel()
         self._thread.join(timeout)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)  # at most one batch copy per thread to finish
+        self._fetched.clear()
 
     def __enter__(self) -> "CropBatchStream":
         return self

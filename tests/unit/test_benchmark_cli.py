@@ -31,3 +31,26 @@ def test_quick_and_markdown_section(tmp_path: Path) -> None:
     datapath.write_markdown(doc, "table two")
     text = doc.read_text()
     assert text.startswith("# Title\n\nprose\n") and "table two" in text and "table one" not in text
+
+
+def test_render_uses_the_fast_recipe_as_reference() -> None:
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import datapath
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    args = datapath.parse_args([])
+    args.load_start = (1.0, 1.0, 1.0)
+    mib = datapath.MiB
+    rows = [datapath.Row("D", "numpy crop copy (ceiling)", 1, [900.0], busy=[3.0]),
+            datapath.Row("D", datapath.SERVICE, 1, [720.0], mem_bytes=110 * mib, store_bytes=100 * mib),
+            datapath.Row("D", datapath.SERVICE, 4, [1000.0], mem_bytes=125 * mib, store_bytes=100 * mib),
+            datapath.Row("D", datapath.MONAI_FAST, 1, [400.0], mem_bytes=150 * mib),
+            datapath.Row("D", datapath.MONAI_FAST, 4, [800.0], mem_bytes=600 * mib)]
+    info = {"cases": 2, "shapes": [(10, 10, 10)], "cache_bytes": 100 * mib, "cache_build_s": 1.0}
+    text = datapath.render(rows, {"D": info}, args, 60.0)
+    assert "| SmartCache actor + CropBatchStream | 1 | 720.0 | 1.80x | 0.80 |" in text
+    assert "| SmartCache actor + CropBatchStream | 4 | 1000.0 | 1.25x |" in text
+    assert "crops/s per consumer >= 1.8x MONAI fast recipe: **met** (720 vs 400 crops/s = 1.80x)" in text
+    assert "memory with 4 consumers <= 1.2x one copy: **MISSED** (1.250x)" in text
+    assert "Load average" in text

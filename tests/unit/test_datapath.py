@@ -11,7 +11,7 @@ import torch
 
 from common.config import AugmentConfig, SamplerConfig
 from common.volume import PreparedVolume, class_voxel_indices
-from trainer.datapath import BatchProducerError, CropBatchStream, shard
+from trainer.datapath import BatchPlan, BatchProducerError, CropBatchStream, HostCutter, shard
 
 SAMPLER = SamplerConfig(patch_size=(8, 8, 8), samples_per_volume=3, ratio_bounds=(0.1, 10.0))
 AUG = AugmentConfig(flip_prob=0.5, shift_prob=0.5)
@@ -154,3 +154,72 @@ def test_close_before_iterating() -> None:
 def test_empty_snapshot_is_an_error() -> None:
     with pytest.raises(ValueError, match="empty"):
         stream(refs=[])
+
+
+def assert_same_batches(xs: list, ys: list) -> None:
+    assert len(xs) == len(ys)
+    for x, y in zip(xs, ys):
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+@pytest.mark.parametrize("threads", [2, 3, 5])
+def test_copy_threads_give_the_same_batches_as_one_thread(threads: int) -> None:
+    """Planning is sequential and delivery in plan order, so the thread count never changes the output."""
+    aug = AugmentConfig(flip_prob=0.5, shift_prob=0.5, scale_prob=0.5, contrast_prob=0.5)
+    for kw in ({}, {"steps": 13, "rank": 1, "world_size": 2}, {"batch_size": 1, "prefetch": 1}):
+        with stream(augment=aug, copy_threads=1, **kw) as one, stream(augment=aug, copy_threads=threads, **kw) as many:
+            assert_same_batches(list(one), list(many))
+
+
+def test_copy_threads_deliver_in_order_when_copies_finish_out_of_order() -> None:
+    """A slow first volume must not let later batches overtake it."""
+    slow_ids = {"v0", "v1"}
+    host = HostCutter(SAMPLER.patch_size, AUG)
+
+    def slow_cutter(plan: BatchPlan) -> dict:
+        if any(c.volume.item_id in slow_ids for c in plan.crops):
+            time.sleep(0.02)
+        return host(plan)
+
+    with stream(copy_threads=3, batch_size=1, cutter=slow_cutter) as many:
+        got = list(many)
+    with stream(copy_threads=1, batch_size=1) as one:
+        assert_same_batches(got, list(one))
+
+
+def test_copy_thread_error_is_reraised_with_cause() -> None:
+    bad = make_volume(9)
+    bad.label = bad.label[:, :4]  # shapes no longer match: the copy fails in a copy thread
+    with stream(refs=[*VOLUMES[:2], bad], copy_threads=2, batch_size=1) as s:
+        with pytest.raises(BatchProducerError) as info:
+            list(s)
+    assert info.value.__cause__ is not None
+
+
+def test_keep_fetched_fetches_each_volume_once_per_stream() -> None:
+    calls: list[str] = []
+
+    def counting(v: PreparedVolume) -> PreparedVolume:
+        calls.append(v.item_id)
+        return v
+
+    with stream(fetch=counting, steps=40, keep_fetched=True) as kept:
+        kept_batches = list(kept)
+    assert sorted(calls) == sorted(v.item_id for v in VOLUMES)
+    calls.clear()
+    with stream(fetch=counting, steps=40) as plain:
+        assert_same_batches(kept_batches, list(plain))
+    assert len(calls) > len(VOLUMES)  # by default every volume draw fetches (the no-cache baseline reloads)
+
+
+def test_close_stops_copy_threads() -> None:
+    before = threading.active_count()
+    s = stream(steps=1000, copy_threads=3, prefetch=1)
+    next(iter(s))
+    s.close()
+    assert threading.active_count() <= before
+
+
+def test_bad_copy_threads() -> None:
+    with pytest.raises(ValueError, match="copy_threads"):
+        stream(copy_threads=0)

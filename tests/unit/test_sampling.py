@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from common.sampling import choose_centres, crop, crop_into, sample_crops
+from common.sampling import choose_centres, crop, crop_into, fill_outside, sample_crops, take_concatenated
 from common.volume import PreparedVolume, class_voxel_indices
 
 
@@ -125,3 +125,67 @@ def test_crop_with_flip_equals_flipped_crop(centre, flip) -> None:
     out_l = np.empty_like(lab)
     crop_into(out_i, out_l, vol.image, vol.label, centre, (6, 7, 8), flip=flip)
     assert np.array_equal(out_i, np.flip(img, axes)) and np.array_equal(out_l, np.flip(lab, axes))
+
+
+def full_fill_crop_into(out_image: np.ndarray, out_label: np.ndarray, image: np.ndarray, label: np.ndarray,
+                        centre, patch, pad_value: float) -> None:
+    """The earlier border path: fill the whole patch, then copy the overlap (the result to keep)."""
+    start = np.asarray(centre) - np.asarray(patch) // 2
+    lo, hi = np.maximum(start, 0), np.minimum(start + np.asarray(patch), image.shape[1:])
+    out_image.fill(pad_value)
+    out_label.fill(0)
+    if np.any(hi <= lo):
+        return
+    src = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    dst = tuple(slice(int(a - s), int(b - s)) for a, b, s in zip(lo, hi, start))
+    out_image[(slice(None), *dst)] = image[(slice(None), *src)]
+    out_label[(slice(None), *dst)] = label[(slice(None), *src)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_border_fill_of_outside_part_only_equals_full_fill(seed: int) -> None:
+    """Only the out-of-volume part is filled now; into garbage-filled outputs, the result is the old one."""
+    vol = make_volume(shape=(20, 17, 15))
+    rng = np.random.default_rng(seed)
+    patch = (9, 8, 7)
+    for _ in range(40):
+        centre = [int(rng.integers(-6, n + 6)) for n in vol.spatial_shape]  # inside, across and beyond borders
+        flip = rng.random(3) < 0.5
+        out_i = np.full((2, *patch), np.nan, dtype=np.float32)
+        out_l = np.full((1, *patch), 255, dtype=np.uint8)
+        crop_into(out_i, out_l, vol.image, vol.label, centre, patch, pad_value=-3.0, flip=flip)
+        ref_i, ref_l = np.empty_like(out_i), np.empty_like(out_l)
+        full_fill_crop_into(ref_i, ref_l, vol.image, vol.label, centre, patch, -3.0)
+        axes = tuple(1 + a for a in np.flatnonzero(flip))
+        assert np.array_equal(out_i, np.flip(ref_i, axes)) and np.array_equal(out_l, np.flip(ref_l, axes))
+
+
+def test_fill_outside_writes_the_complement_of_the_box_only() -> None:
+    out = np.zeros((2, 6, 5, 4), dtype=np.int32)
+    inside = np.zeros(out.shape[1:], dtype=bool)
+    inside[1:4, 2:5, 0:3] = True
+    fill_outside(out, (1, 2, 0), (4, 5, 3), 7)
+    assert np.all(out[:, inside] == 0) and np.all(out[:, ~inside] == 7)
+
+
+def test_positive_centres_cover_the_union_of_foreground_classes() -> None:
+    """Several foreground classes: centres are drawn from the union as if it were concatenated."""
+    vol = make_volume()
+    rng_a, rng_b = np.random.default_rng(11), np.random.default_rng(11)
+    centres, positive = choose_centres(vol, 400, 1e6, rng_a)
+    assert positive.all()
+    classes = vol.label[0][tuple(centres.T)]
+    assert set(np.unique(classes)) == {1, 2}
+    # same random numbers, explicit concatenation: identical centres
+    fg = np.concatenate(vol.class_indices[1:])
+    rng_b.random(400)
+    flat = fg[rng_b.integers(0, fg.size, 400)]
+    assert np.array_equal(centres, np.stack(np.unravel_index(flat, vol.spatial_shape), axis=1))
+
+
+def test_take_concatenated_equals_concatenate() -> None:
+    rng = np.random.default_rng(0)
+    parts = [rng.integers(0, 1000, n).astype(np.int32) for n in (5, 1, 17, 3)]
+    k = rng.integers(0, 26, 200)
+    assert np.array_equal(take_concatenated(parts, k), np.concatenate(parts)[k])
+    assert np.array_equal(take_concatenated(parts[:1], k % 5), parts[0][k % 5])
