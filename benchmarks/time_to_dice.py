@@ -1,91 +1,140 @@
-"""Time to a target Dice: the plain baseline against the full method, and each technique switched off alone.
+"""Time to a target Dice: the plain baseline, MONAI's fast recipe and the full method (and ablations).
 
 The paper's Tables 1 and 3, on this machine. Every arm trains the same network on the same
-data with the same seed, one after another in one Ray session; each starts its own cache
-(a fresh namespace), so the cached arms pay for filling it inside their time.
+data with the same seed, one after another; each cached arm starts its own cache (a fresh
+namespace), so it pays for filling it inside its time. Dataset-wide CT statistics are
+computed once before the arms (every arm would otherwise repeat the same pass).
 
-  baseline      no cache (load + preprocess every volume every epoch), fixed 1:1 crops, Adam, fp32
-  full          shared cache, adaptive pos:neg ratio, NovoGrad, AMP where the device has it
-  no-cache      full, but trainers preprocess every volume every epoch
+  baseline      no cache: a DataLoader with worker processes loads and preprocesses every volume
+                every epoch; fixed 1:1 crops, Adam, fp32 (the config's loss, like every arm)
+  monai-fast    MONAI's fast-training recipe (benchmarks/monai_fast.py): CacheDataset of every
+                training volume with cached fg/bg indices, ThreadDataLoader, DiceCE, Novograd
+  full          shared SmartCache (rotating when cache_num < N), adaptive pos:neg ratio, NovoGrad
+                at its default lr, AMP where the device has it
+  no-cache      full, but trainers load and preprocess every volume every epoch
   no-adaptive   full, but the ratio stays 1:1
   no-novograd   full, but Adam
   no-amp        full, but fp32 (only measured on CUDA: AMP is off on CPU unless asked for bf16)
 
+With ``--steps-per-epoch pass`` (the default) every arm's epoch is one pass of the whole
+training set's worth of steps, so a cached arm with a pool smaller than the training set
+cycles its pool, and validation (every ``validation.interval`` epochs) comes after the same
+number of steps in every arm. ``--steps-per-epoch N`` does the same with N steps (the
+baseline then loads a fresh random N * batch / samples_per_volume volumes per epoch); the
+time limit is checked at epoch ends, so shorter epochs overshoot it less.
+
 Usage:
-  python benchmarks/time_to_dice.py --data runs/demo/data --config trainer/configs/demo_cpu.yaml
-  python benchmarks/time_to_dice.py --data /tmp/devdata/BrainDev --config trainer/configs/braindev_cpu.yaml \\
-      --time-limit 900 --arms baseline full
+  smartcache make-demo-data /tmp/ct --profile ct
+  python benchmarks/time_to_dice.py --data /tmp/ct --config trainer/configs/ct_cpu.yaml --time-limit 400
+  python benchmarks/time_to_dice.py --data runs/demo/data --config trainer/configs/demo_cpu.yaml \\
+      --arms baseline full no-cache no-adaptive no-novograd --steps-per-epoch config
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
+from arm_result import ArmResult
+from common.catalog import Catalog, fingerprint, load_catalog
 from common.config import ExperimentConfig, load_config
 
+#: the paper's method as this project runs it: NovoGrad at its own default lr with the default loss
+#: (DiceCE; see docs/benchmarks.md, "NovoGrad"). ``lr=null``: each optimiser's default (config.DEFAULT_LR).
+FULL_METHOD = ["training.optimizer=novograd", "training.lr=null", "training.amp=true"]
+ADAM = ["training.optimizer=adam", "training.lr=null"]
+MONAI_FAST = "monai-fast"
 ARMS: dict[str, list[str]] = {
-    "baseline": ["cache.enabled=false", "sampler.adaptive=false", "training.optimizer=adam", "training.amp=false"],
-    "full": ["training.optimizer=novograd", "training.amp=true"],
-    "no-cache": ["cache.enabled=false", "training.optimizer=novograd", "training.amp=true"],
-    "no-adaptive": ["sampler.adaptive=false", "training.optimizer=novograd", "training.amp=true"],
-    "no-novograd": ["training.optimizer=adam", "training.amp=true"],
-    "no-amp": ["training.optimizer=novograd", "training.amp=false"],
+    "baseline": ["cache.enabled=false", "sampler.adaptive=false", *ADAM, "training.amp=false"],
+    MONAI_FAST: [*ADAM, "training.amp=true"],  # benchmarks/monai_fast.py: Novograd at 10x this (Adam's) lr, DiceCE
+    "full": [*FULL_METHOD],
+    "no-cache": ["cache.enabled=false", *FULL_METHOD],
+    "no-adaptive": ["sampler.adaptive=false", *FULL_METHOD],
+    "no-novograd": [*FULL_METHOD, *ADAM],
+    "no-amp": [*FULL_METHOD, "training.amp=false"],
 }
 
 
-@dataclass
-class ArmResult:
-    arm: str
-    reached: bool
-    time_to_target_s: float | None
-    iterations_to_target: int | None
-    best_dice: float
-    epochs: int
-    iterations: int
-    wall_s: float
-    fill_s: float
-    wait_fraction: float
-    validation_s: float
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def _iterations(out: Path, until_s: float | None) -> tuple[int, int | None]:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+def _steps(out: Path, until_s: float | None) -> tuple[int, int | None, float]:
+    """(total steps, steps until ``until_s``, mean compute seconds per step) of rank 0."""
+    rows = _rows(out)
     train = sorted((r for r in rows if r["kind"] == "train" and r.get("rank", 0) == 0), key=lambda r: r["epoch"])
     total = sum(r["steps"] for r in train)
+    step_s = sum(r["step_seconds"] for r in train) / max(1, total)
     if until_s is None:
-        return total, None
-    return total, sum(r["steps"] for r in train if r["time_s"] <= until_s)
+        return total, None, step_s
+    return total, sum(r["steps"] for r in train if r["time_s"] <= until_s), step_s
 
 
-def run_arm(arm: str, base: ExperimentConfig, config_path: str | None, data: str, out: Path,
-            extra: list[str], time_limit: float) -> ArmResult:
+def run_arm(arm: str, config_path: str | None, out: Path, overrides: list[str], time_limit: float) -> ArmResult:
+    """One arm through the project's launcher (every arm but monai-fast)."""
     from cache_service.client import stop_caches
     from trainer.launcher import LaunchOptions, run_experiment
 
-    overrides = [f"data.dataset_dir={data}", f"name={arm}",
-                 f"cache.namespace=ttd-{uuid.uuid4().hex[:6]}", f"training.time_limit_s={time_limit}",
-                 "training.epochs=100000",  # the time limit, not an epoch cap, ends an arm
-                 *ARMS[arm], *extra]
-    cfg = load_config(config_path, overrides)
-    report = run_experiment(cfg, LaunchOptions(out / arm, show_progress=True))
-    total, to_target = _iterations(out / arm, report.time_to_target_s)
-    stop_caches(cfg.cache.namespace)
+    load0 = os.getloadavg()[0]
+    cfg = load_config(config_path, [f"name={arm}", f"cache.namespace=ttd-{uuid.uuid4().hex[:6]}",
+                                    f"training.time_limit_s={time_limit}",
+                                    "training.epochs=100000",  # the time limit, not an epoch cap, ends an arm
+                                    *ARMS[arm], *overrides])
+    try:
+        report = run_experiment(cfg, LaunchOptions(out / arm, show_progress=True))
+    finally:
+        stop_caches(cfg.cache.namespace)
+    total, to_target, step_s = _steps(out / arm, report.time_to_target_s)
     return ArmResult(arm, report.reached_target, report.time_to_target_s, to_target, report.best_mean_dice,
-                     report.epochs, total, report.wall_seconds, report.cache_fill_seconds,
-                     report.data_wait_fraction, report.validation_seconds)
+                     tuple(report.dice_per_class.values()), report.epochs, total, report.wall_seconds,
+                     report.cache_fill_seconds, report.data_wait_fraction, step_s, report.validation_seconds,
+                     (load0, os.getloadavg()[0]),
+                     tuple((r["time_s"], r["mean_dice"]) for r in _rows(out / arm) if r["kind"] == "validation"))
 
 
-def format_table(results: list[ArmResult], target: float, time_limit: float) -> str:
+def run_monai_arm(config_path: str | None, overrides: list[str], catalog: Catalog, time_limit: float) -> ArmResult:
+    """MONAI's fast recipe in this process (see benchmarks/monai_fast.py)."""
+    import torch
+
+    from common.preprocess import build_preprocessor
+    from monai_fast import run_monai_fast
+
+    load0 = os.getloadavg()[0]
+    cfg = load_config(config_path, [f"name={MONAI_FAST}", *ARMS[MONAI_FAST], *overrides])
+    torch.set_num_threads(max(1, int(cfg.training.worker_num_cpus)))  # the trainers' share, as Ray gives them
+    prep = build_preprocessor(catalog, cfg.preprocessing, cfg.sampler.patch_size, cfg.cache.stats_path(),
+                              fingerprint(catalog, cfg.preprocessing))
+    result = run_monai_fast(cfg, catalog, prep, time_limit)
+    return replace(result, arm=MONAI_FAST, load=(load0, os.getloadavg()[0]))
+
+
+def regime(cfg: ExperimentConfig, catalog: Catalog) -> str:
+    """One line naming what was measured: hardware, data sizes, spacing, crops, network."""
+    t, s = cfg.training, cfg.sampler
+    device = "GPU" if t.use_gpu else f"CPU, {os.cpu_count()} cores"
+    return (f"{device}; {len(catalog.train)} training / {len(catalog.val)} validation cases, resampled to "
+            f"{'x'.join(f'{v:g}' for v in cfg.preprocessing.spacing)} mm; pool {cfg.cache.pool_size(len(catalog.train))}"
+            f" of {len(catalog.train)} (replace_rate {cfg.cache.replace_rate:g}); {t.num_workers} trainer(s) x "
+            f"{t.worker_num_cpus:g} CPU; crops {'x'.join(map(str, s.patch_size))}, {s.samples_per_volume} per volume,"
+            f" batch {t.batch_size}; U-Net channels {list(t.channels)}, {t.num_res_units} res units; validation "
+            f"every {cfg.validation.interval} epoch(s), window {'x'.join(map(str, cfg.validation.roi_size))}")
+
+
+def format_table(results: list[ArmResult], target: float, time_limit: float,
+                 milestones: tuple[float, ...] = ()) -> str:
     base = next((r for r in results if r.arm == "baseline"), None)
+    reach = " / ".join(f"{m:g}" for m in milestones)
     lines = [f"target mean foreground Dice {target:g}, time limit {time_limit:.0f} s per arm",
-             "| arm | reached | time to target (s) | iterations to target | speed-up vs baseline | best Dice | "
-             "epochs | wall (s) | cache fill (s) | data wait | validation (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| arm | reached | time to target (s) | steps to target | speed-up vs baseline | best Dice (per class) | "
+             f"time to Dice {reach} (s) | epochs | steps | wall (s) | cache fill (s) | data wait | "
+             "compute per step (s) | validation (s) | load avg before/after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if base is None or r.time_to_target_s is None:
             speed = "n/a"
@@ -94,19 +143,34 @@ def format_table(results: list[ArmResult], target: float, time_limit: float) -> 
         else:
             speed = f"{base.time_to_target_s / r.time_to_target_s:.1f}x"
         ttt = f"{r.time_to_target_s:.0f}" if r.time_to_target_s is not None else f"not in {time_limit:.0f}"
-        lines.append(f"| {r.arm} | {'yes' if r.reached else 'no'} | {ttt} | {r.iterations_to_target or '-'} | "
-                     f"{speed} | {r.best_dice:.3f} | {r.epochs} | {r.wall_s:.0f} | {r.fill_s:.0f} | "
-                     f"{100 * r.wait_fraction:.1f} % | {r.validation_s:.0f} |")
+        per_class = ", ".join(f"{d:.2f}" for d in r.dice_per_class)
+        times = " / ".join("-" if r.time_to(m) is None else f"{r.time_to(m):.0f}" for m in milestones)
+        lines.append(f"| {r.arm} | {'yes' if r.reached else 'no'} | {ttt} | {r.steps_to_target or '-'} | {speed} | "
+                     f"{r.best_dice:.3f} ({per_class}) | {times} | {r.epochs} | {r.steps} | {r.wall_s:.0f} | {r.fill_s:.0f} | "
+                     f"{100 * r.wait_fraction:.1f} % | {r.step_s:.2f} | {r.validation_s:.0f} | "
+                     f"{r.load[0]:.1f} / {r.load[1]:.1f} |")
     return "\n".join(lines)
+
+
+def pass_steps(cfg: ExperimentConfig, catalog: Catalog) -> int:
+    """Steps per worker for one pass over the whole training set (what the baseline's epoch is)."""
+    per_worker = math.ceil(len(catalog.train) / cfg.training.num_workers)
+    return math.ceil(per_worker * cfg.sampler.samples_per_volume / cfg.training.batch_size)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="MSD dataset folder")
     parser.add_argument("--config", default=None, help="experiment YAML the arms start from")
-    parser.add_argument("--arms", nargs="+", default=["baseline", "full", "no-cache", "no-adaptive", "no-novograd"],
-                        choices=list(ARMS), help="arms to run, in order")
+    parser.add_argument("--arms", nargs="+", default=["baseline", MONAI_FAST, "full"], choices=list(ARMS),
+                        help="arms to run, in order")
     parser.add_argument("--time-limit", type=float, default=300.0, help="seconds per arm (default 300)")
+    parser.add_argument("--steps-per-epoch", default="pass",
+                        help="pass: an epoch is one pass of the training set in every arm (default); a number N: "
+                             "N steps per epoch in every arm (shorter epochs check the time limit more often); "
+                             "config: training.steps_per_epoch as configured")
+    parser.add_argument("--milestones", type=float, nargs="*", default=[0.5, 0.6, 0.7],
+                        help="also report the time to these mean Dice values (default 0.5 0.6 0.7)")
     parser.add_argument("--out", default="runs/time_to_dice", help="output folder")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
@@ -114,14 +178,33 @@ def main() -> None:
 
     import ray
 
-    ray.init(num_cpus=args.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    base = load_config(args.config, [f"data.dataset_dir={args.data}", *args.overrides])
+    from common.preprocess import build_preprocessor
+
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    ray.init(address="local", num_cpus=args.num_cpus or os.cpu_count(), include_dashboard=False,
+             log_to_driver=False)
+    overrides = [f"data.dataset_dir={args.data}", *args.overrides]
+    base = load_config(args.config, overrides)
+    catalog = load_catalog(base.data.dataset_dir, base.data)
+    if args.steps_per_epoch == "pass":
+        overrides.append(f"training.steps_per_epoch={pass_steps(base, catalog)}")
+    elif args.steps_per_epoch != "config":
+        overrides.append(f"training.steps_per_epoch={int(args.steps_per_epoch)}")
+    t0 = time.time()
+    build_preprocessor(catalog, base.preprocessing, None, base.cache.stats_path(), fingerprint(catalog, base.preprocessing))
+    header = [f"regime: {regime(load_config(args.config, overrides), catalog)}",
+              f"dataset-wide CT statistics computed once before the arms: {time.time() - t0:.0f} s"]
+    print("\n".join(header))
     out = Path(args.out)
     results = []
     for arm in args.arms:
-        print(f"\n=== arm {arm}: {' '.join(ARMS[arm])}")
-        results.append(run_arm(arm, base, args.config, args.data, out, args.overrides, args.time_limit))
-    table = format_table(results, base.training.target_dice, args.time_limit)
+        print(f"\n=== arm {arm}: {' '.join(ARMS[arm])}  (load average {os.getloadavg()[0]:.1f})")
+        if arm == MONAI_FAST:
+            results.append(run_monai_arm(args.config, overrides, catalog, args.time_limit))
+        else:
+            results.append(run_arm(arm, args.config, out, overrides, args.time_limit))
+    table = "\n".join([*header, format_table(results, base.training.target_dice, args.time_limit,
+                                             tuple(args.milestones))])
     print("\n" + table)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(table + "\n")

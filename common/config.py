@@ -209,13 +209,21 @@ class SamplerConfig:
         _check(int(self.gpu_cache_bytes) >= 0, "sampler.gpu_cache_bytes", self.gpu_cache_bytes, "a byte count >= 0")
 
 
+#: the learning rate each optimiser gets when ``training.lr`` is left out. NovoGrad normalises each
+#: layer's step by the layer's gradient norm, so it needs a larger lr than Adam (as MONAI's fast-training
+#: recipe, which uses 10x Adam's); measured on the demo phantoms in docs/benchmarks.md ("NovoGrad").
+DEFAULT_LR = {"novograd": 1e-2, "adam": 1e-3, "sgd": 1e-2}
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     """Optimisation and the run's stopping rule."""
 
     batch_size: int = 2
-    lr: float = 5e-4
+    lr: float | None = None  # None: DEFAULT_LR of the optimiser
     optimizer: str = "novograd"  # novograd | adam | sgd
+    loss: str = "dice_ce"  # dice_ce (Eq. 1's soft Dice plus cross-entropy) | dice (Eq. 1 alone)
+    weight_decay: float = 0.0
     amp: bool = True
     cpu_bf16: bool = False
     epochs: int = 100
@@ -232,13 +240,21 @@ class TrainingConfig:
     steps_per_epoch: int | None = None  # None: one pass over the worker's shard
     checkpoint_every: int = 10  # epochs between Ray Train checkpoints (and at the last epoch)
     time_limit_s: float | None = None  # stop after this many seconds even if the target is not reached
+    loader_workers: int = 2  # without a cache: DataLoader processes per trainer that load and preprocess
     max_failures: int = 3  # worker-group restarts (from the last checkpoint) Ray Train makes before giving up
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "training.batch_size", self.batch_size, "an integer >= 1")
-        _check(self.lr > 0, "training.lr", self.lr, "a learning rate > 0")
         _check(self.optimizer in ("novograd", "adam", "sgd"), "training.optimizer", self.optimizer,
                "one of novograd, adam, sgd")
+        if self.lr is None:
+            object.__setattr__(self, "lr", DEFAULT_LR[self.optimizer])
+        _check(self.lr > 0, "training.lr", self.lr, "a learning rate > 0, or null for the optimiser's default")
+        _check(self.loss in ("dice", "dice_ce"), "training.loss", self.loss,
+               "dice (soft Dice, Eq. 1) or dice_ce (soft Dice + cross-entropy)")
+        _check(self.weight_decay >= 0, "training.weight_decay", self.weight_decay, "a number >= 0 (0 switches it off)")
+        _check(self.loader_workers >= 0, "training.loader_workers", self.loader_workers,
+               "an integer >= 0 (0 loads in the trainer process itself)")
         _check(self.epochs >= 1, "training.epochs", self.epochs, "an integer >= 1")
         _check(0 < self.target_dice <= 1, "training.target_dice", self.target_dice, "a Dice in (0, 1]")
         _check(self.num_workers >= 1, "training.num_workers", self.num_workers, "an integer >= 1")

@@ -1,5 +1,9 @@
 """Synthetic CT-like cases in MSD layout, so tests and the demo need nothing from outside.
 
+Two profiles: ``phantom`` (small, quick volumes for tests and the demo, described
+below) and ``ct`` (CT-sized cases from :mod:`common.ct_phantom`, for benchmarks where
+loading and resampling must cost what they cost with real scans).
+
 The phantoms are built in world coordinates (mm, RAS) and then sampled on a voxel grid
 with anisotropic spacing and a non-RAS affine, exactly the situation the deterministic
 chain must undo. Each case has a body (soft tissue in air), a large organ-like blob
@@ -13,10 +17,14 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from tqdm.auto import tqdm
 
+from common.ct_phantom import CtProfile, ct_case
 from common.errors import ConfigError
 
 LABELS = ("background", "organ", "lesion")
+PROFILES = ("phantom", "ct")
+DEFAULT_CASES = {"phantom": 8, "ct": 40}  # ct: about the size of MSD Task09 spleen (41 training cases)
 
 
 def case_affine(rng: np.random.Generator, size: int) -> tuple[np.ndarray, tuple[int, int, int]]:
@@ -69,8 +77,23 @@ def phantom(xyz: np.ndarray, rng: np.random.Generator, fov_mm: float) -> tuple[n
     return np.clip(hu, -1024, 3071).astype(np.int16), label
 
 
-def make_demo_data(out_dir: str | Path, cases: int = 8, size: int = 64, seed: int = 0) -> Path:
-    """Write ``cases`` phantoms of ``size`` in-plane voxels plus dataset.json; deterministic per seed."""
+def _phantom_case(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    affine, shape = case_affine(rng, size)
+    xyz = world_grid(affine, shape)
+    image, label = phantom(xyz, rng, float(np.ptp(xyz[0]) + 1))
+    return image, label, affine
+
+
+def make_demo_data(out_dir: str | Path, cases: int | None = None, size: int = 64, seed: int = 0,
+                   profile: str = "phantom", ct: CtProfile = CtProfile(), progress: bool = False) -> Path:
+    """Write ``cases`` synthetic cases plus dataset.json; deterministic per seed.
+
+    ``profile="phantom"``: ``size`` in-plane voxels at about 1 mm. ``profile="ct"``: cases
+    drawn from ``ct`` (512^2 x 80-200 slices by default; ``size`` is not used).
+    """
+    if profile not in PROFILES:
+        raise ConfigError("--profile", profile, "one of " + ", ".join(PROFILES))
+    cases = DEFAULT_CASES[profile] if cases is None else cases
     if cases < 2:
         raise ConfigError("--cases", cases, "at least 2 (one for training, one for validation)")
     if size < 16:
@@ -79,17 +102,15 @@ def make_demo_data(out_dir: str | Path, cases: int = 8, size: int = 64, seed: in
     (out / "imagesTr").mkdir(parents=True, exist_ok=True)
     (out / "labelsTr").mkdir(parents=True, exist_ok=True)
     items = []
-    for i in range(cases):
+    for i in tqdm(range(cases), desc=f"writing {profile} cases", unit="case", disable=not progress):
         rng = np.random.default_rng([seed, i])
-        affine, shape = case_affine(rng, size)
-        xyz = world_grid(affine, shape)
-        fov = float(np.ptp(xyz[0]) + 1)
-        image, label = phantom(xyz, rng, fov)
+        image, label, affine = ct_case(rng, ct) if profile == "ct" else _phantom_case(rng, size)
         name = f"demo_{i:03d}"
         nib.save(nib.Nifti1Image(image, affine), out / "imagesTr" / f"{name}.nii.gz")
         nib.save(nib.Nifti1Image(label, affine), out / "labelsTr" / f"{name}.nii.gz")
         items.append({"image": f"./imagesTr/{name}.nii.gz", "label": f"./labelsTr/{name}.nii.gz"})
-    meta = {"name": "SmartCacheDemo", "description": "synthetic CT-like phantoms (smartcache make-demo-data)",
+    what = "CT-sized phantoms" if profile == "ct" else "CT-like phantoms"
+    meta = {"name": "SmartCacheDemo", "description": f"synthetic {what} (smartcache make-demo-data --profile {profile})",
             "tensorImageSize": "3D", "modality": {"0": "CT"}, "labels": {str(i): n for i, n in enumerate(LABELS)},
             "numTraining": cases, "numTest": 0, "training": items, "test": []}
     (out / "dataset.json").write_text(json.dumps(meta, indent=2))

@@ -13,7 +13,8 @@ DEMO_CONFIG = "demo_cpu.yaml"
 
 
 def _init_ray(address: str | None, num_cpus: int | None) -> None:
-    """Connect to ``address``, or start an embedded local Ray sized to this machine."""
+    """Connect to ``address``, or start a new embedded local Ray sized to this machine (never another
+    user's cluster that happens to run here)."""
     import ray
 
     if ray.is_initialized():
@@ -22,7 +23,7 @@ def _init_ray(address: str | None, num_cpus: int | None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
 
 
 def packaged_config(name: str) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,8 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from cache_service.sdk import SmartCache
-from common.catalog import Catalog, load_catalog
+from cache_service.sdk import Experiment, SmartCache
+from common.catalog import Catalog, fingerprint, load_catalog
 from common.config import ExperimentConfig
 from common.errors import CacheUnavailableError, ConfigError, SmartCacheError
 from common.preprocess import build_preprocessor
@@ -104,7 +105,9 @@ def validator_resources(cfg: ExperimentConfig) -> dict[str, float]:
 
 
 def latest_checkpoint(out_dir: Path) -> ray.train.Checkpoint | None:
-    candidates = sorted((out_dir / "ray_results").glob("*/checkpoint_*"), key=lambda p: p.stat().st_mtime)
+    # checkpoint folders only: Ray Train also writes checkpoint_manager_snapshot.json beside them
+    candidates = sorted((p for p in (out_dir / "ray_results").glob("*/checkpoint_*") if p.is_dir()),
+                        key=lambda p: p.stat().st_mtime)
     return ray.train.Checkpoint.from_directory(str(candidates[-1])) if candidates else None
 
 
@@ -157,6 +160,8 @@ def _summarise(cfg: ExperimentConfig, catalog: Catalog, experiment_id: str, rows
 
 def _faults_of(cache: Any, experiment_id: str, run_faults: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The run's own fault log plus the cache restarts its registry counted for this experiment, by time."""
+    if cache is None:  # no cache (the baseline): only the run's own faults
+        return sorted(run_faults, key=lambda f: f["time"])
     try:
         status = cache.status()
         exp = next((e for e in status.experiments if e.experiment_id == experiment_id), None)
@@ -196,6 +201,21 @@ def _short(err: BaseException) -> str:
     return "\n".join(keep[:8])
 
 
+def _open_experiment(cfg: ExperimentConfig, catalog: Catalog, show_progress: bool
+                     ) -> tuple[SmartCache, Experiment, float]:
+    """Attach to (or create) the shared cache, wait for it to fill, open the experiment; (cache, experiment, fill s)."""
+    cache = SmartCache.from_config(cfg, catalog=catalog, wait=False)
+    t_fill = time.time()
+    status = cache.wait_until_ready(progress=show_progress)
+    for q in status.quarantined:
+        print(f"warning: {q.item_id} ({q.split}) is quarantined and left out: {q.error}")
+    _require_usable(status, catalog)
+    fill_s = time.time() - t_fill
+    exp = cache.experiment(cfg.name, steps=cfg.training.steps_per_epoch,
+                           info={"lr": cfg.training.lr, "optimizer": cfg.training.optimizer}).open()
+    return cache, exp, fill_s
+
+
 def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
     """Run one experiment on the connected Ray cluster and write its report to ``opts.out_dir``."""
     t_start = time.time()
@@ -203,18 +223,17 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
     if not catalog.val:
         raise ConfigError("data.val_fraction", cfg.data.val_fraction, "a split with at least one validation case")
     check_fits_cluster(cfg)
-    cache = SmartCache.from_config(cfg, catalog=catalog, wait=False)
-    fp = cache.fingerprint
-    t_fill = time.time()
-    status = cache.wait_until_ready(progress=opts.show_progress)
-    for q in status.quarantined:
-        print(f"warning: {q.item_id} ({q.split}) is quarantined and left out: {q.error}")
-    _require_usable(status, catalog)
-    fill_s = time.time() - t_fill
-    exp = cache.experiment(cfg.name, steps=cfg.training.steps_per_epoch,
-                           info={"lr": cfg.training.lr, "optimizer": cfg.training.optimizer}).open()
-    experiment_id = exp.id
+    if cfg.cache.enabled:
+        cache, exp, fill_s = _open_experiment(cfg, catalog, opts.show_progress)
+        fp, experiment_id = cache.fingerprint, exp.id
+    else:  # the baseline: no cache actor at all; trainers and validation load and preprocess themselves
+        cache, exp, fill_s = None, None, 0.0
+        fp, experiment_id = fingerprint(catalog, cfg.preprocessing), f"{cfg.name}-{uuid.uuid4().hex[:6]}"
+    # the cache's own chain (CT statistics are read back from the stats folder, not recomputed): without a
+    # cache, trainers and validation run it themselves, and model.pt records its normalisation for predict
+    prep = build_preprocessor(catalog, cfg.preprocessing, cfg.sampler.patch_size, cfg.cache.stats_path(), fp)
     num_classes, in_channels = catalog.num_classes, in_channels_of(catalog)
+    own_volumes = None if cfg.cache.enabled else (list(catalog.val), prep)
     # restarted in place if its process dies; calls in flight are retried there, and it reads its
     # record back from the run folder (so it stays on this node, where that folder is)
     state_dir = str((opts.out_dir / "state" / experiment_id).resolve())
@@ -223,15 +242,12 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
         max_restarts=VALIDATOR_MAX_RESTARTS, max_task_retries=-1,
         scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
         **validator_resources(cfg)).remote(cfg.to_dict(), fp, experiment_id, num_classes, in_channels, t_start,
-                                           state_dir)
+                                           state_dir, own_volumes)
     resume_from = latest_checkpoint(opts.out_dir) if opts.resume else None
     loop_config = {"experiment": cfg.to_dict(), "experiment_handle": exp,
                    "validator_name": f"validator-{experiment_id}", "num_classes": num_classes,
                    "in_channels": in_channels, "t_start": t_start,
                    "resume_from": resume_from.path if resume_from is not None else None}
-    # the cache's own chain (CT statistics are read back from the stats folder, not recomputed):
-    # baseline workers run it every epoch, and model.pt records its normalisation for predict
-    prep = build_preprocessor(catalog, cfg.preprocessing, cfg.sampler.patch_size, cfg.cache.stats_path(), fp)
     if not cfg.cache.enabled:  # the baseline: workers prepare every volume again every epoch
         loop_config["records"] = list(catalog.train)
         loop_config["preprocessor"] = prep
@@ -249,7 +265,8 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
     finally:
         ray.kill(validator)
         try:
-            exp.close()
+            if exp is not None:
+                exp.close()
         except CacheUnavailableError:
             pass
     resumed = None

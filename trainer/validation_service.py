@@ -1,11 +1,12 @@
 """The validation actor: one per experiment, beside the trainers, never in their way.
 
 A thin shell around :class:`trainer.validation.Validator`: it reads the validation
-volumes from the shared cache once (whole volumes, deterministic prefix only), runs when
-rank 0 hands it weights, keeps the best weights for the final picture, and publishes
-Dice, r_FP, r_FN and the next ratio to the cache registry, where the trainers pick the
-ratio up at their next epoch. Run as a threaded actor so ``best()`` answers while a
-validation is in progress.
+volumes from the shared cache once (whole volumes, deterministic prefix only; without a
+cache it prepares them itself, once, with the same preprocessor), runs when rank 0 hands
+it weights, keeps the best weights for the final picture, and publishes Dice, r_FP, r_FN
+and the next ratio to the cache registry, where the trainers pick the ratio up at their
+next epoch (without a cache, from :meth:`ratio`). Run as a threaded actor so ``best()``
+answers while a validation is in progress.
 
 It also keeps the run's record (validation rows, rank 0's training rows, faults, best
 weights) in :class:`trainer.run_state.RunState` under the run folder, so when its process
@@ -29,8 +30,10 @@ import torch
 from cache_service.recovery import RecoveringFetch, ResilientCache
 from cache_service.sdk import protocol
 from cache_service.status import FaultEvent
+from common.catalog import Record
 from common.config import config_from_dict
 from common.errors import SmartCacheError
+from common.preprocess import Preprocessor
 from common.volume import PreparedVolume
 from trainer.run_state import RunState
 from trainer.validation import ValidationResult, Validator, predict_volume
@@ -40,11 +43,13 @@ log = logging.getLogger(__name__)
 
 class ValidationService:
     def __init__(self, experiment: dict[str, Any], fingerprint: str, experiment_id: str, num_classes: int,
-                 in_channels: int, t_start: float, state_dir: str) -> None:
+                 in_channels: int, t_start: float, state_dir: str,
+                 own_volumes: tuple[list[Record], Preprocessor] | None = None) -> None:
         self.cfg = config_from_dict(experiment)
         self.experiment_id, self.t_start = experiment_id, t_start
-        self.cache = ResilientCache(fingerprint, self.cfg.cache.namespace, self.cfg.cache.recover_timeout_s,
-                                    experiment_id=experiment_id)
+        self.own_volumes = own_volumes  # (validation records, preprocessor) when there is no cache
+        self.cache = None if own_volumes is not None else ResilientCache(
+            fingerprint, self.cfg.cache.namespace, self.cfg.cache.recover_timeout_s, experiment_id=experiment_id)
         self.validator = Validator(self.cfg, num_classes, in_channels, publish=self._publish)
         self._lock = threading.Lock()
         self.state = RunState.load(state_dir)
@@ -61,7 +66,10 @@ class ValidationService:
     def pid(self) -> int:
         return os.getpid()
 
-    def _volumes_from_cache(self) -> list[PreparedVolume]:
+    def _validation_volumes(self) -> list[PreparedVolume]:
+        if self._volumes is None and self.own_volumes is not None:
+            records, preprocessor = self.own_volumes
+            self._volumes = [preprocessor(r) for r in records]
         if self._volumes is None:
             snap = protocol.validation_snapshot(self.cache)
             self._val_refs = snap.refs  # holding the refs keeps the volumes readable
@@ -70,13 +78,18 @@ class ValidationService:
         return self._volumes
 
     def _publish(self, result: ValidationResult) -> None:
-        numbers = protocol.ValidationNumbers(result.dice_per_class, result.mean_dice, result.r_fp, result.r_fn,
-                                             result.ratio)
-        protocol.publish_ratio(self.cache, self.experiment_id, result.epoch, numbers)
+        if self.cache is not None:  # the baseline has no cache: trainers read ratio() instead
+            numbers = protocol.ValidationNumbers(result.dice_per_class, result.mean_dice, result.r_fp, result.r_fn,
+                                                 result.ratio)
+            protocol.publish_ratio(self.cache, self.experiment_id, result.epoch, numbers)
+
+    def ratio(self) -> float:
+        """The latest pos/neg ratio, for trainers when there is no cache registry to hold it."""
+        return float(self.validator.ratio)
 
     def validate(self, epoch: int, weights: dict[str, torch.Tensor], train_time_s: float) -> dict[str, Any]:
         with self._lock:  # one validation at a time; best() stays answerable
-            result = self.validator.validate(epoch, weights, self._volumes_from_cache())
+            result = self.validator.validate(epoch, weights, self._validation_volumes())
             row = {**result.to_dict(), "time_s": time.time() - self.t_start, "train_time_s": train_time_s}
             self.state.add_validation(row, weights)
             return row
@@ -132,7 +145,8 @@ class ValidationService:
         event = FaultEvent(**fault)
         self.state.add_fault(event.model_dump())
         try:
-            self.cache.call("record_fault", self.experiment_id, event)
+            if self.cache is not None:
+                self.cache.call("record_fault", self.experiment_id, event)
         except SmartCacheError as err:
             log.warning("could not record %s fault in the cache registry: %s", event.kind, err)
         return event.model_dump()
@@ -143,7 +157,7 @@ class ValidationService:
     def example_case(self) -> tuple[str, np.ndarray, np.ndarray, np.ndarray] | None:
         """(id, image, label, prediction) of the first validation case under the best weights."""
         with self._lock:
-            volumes = self._volumes_from_cache()
+            volumes = self._validation_volumes()
             if self.state.best is None or not volumes:
                 return None
             self.validator.load_weights(self.state.best[1])

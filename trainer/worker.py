@@ -23,8 +23,9 @@ import torch.distributed as dist
 
 from cache_service.sdk import Experiment
 from common.config import config_from_dict
-from trainer.model import AmpPolicy, build_loss, build_model, build_optimizer
 from trainer.device_crops import DeviceVolumes
+from trainer.loader import PreprocessingBatchStream
+from trainer.model import AmpPolicy, build_loss, build_model, build_optimizer
 from trainer.staging import DeviceStager
 from trainer.steps import run_epoch, seed_everything
 
@@ -78,6 +79,33 @@ def _report(metrics: dict[str, Any], model: torch.nn.Module, optimizer: torch.op
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
+def _shared_ratio(validator: Any, rank: int, device: torch.device) -> float:
+    """Without a cache: the validation actor's latest ratio as rank 0 reads it, the same on every rank."""
+    ratio = ray.get(validator.ratio.remote()) if rank == 0 else 0.0
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return ratio
+    t = torch.tensor([ratio], dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return float(t.item())
+
+
+def _epoch_batches(cfg: Any, config: dict[str, Any], exp: Experiment | None, validator: Any, epoch: int,
+                   rank: int, world: int, device: torch.device,
+                   device_volumes: DeviceVolumes | None) -> tuple[Any, float, int]:
+    """(batch stream, ratio, pool generation) for one epoch: this rank's crops of the experiment's snapshot
+    (through the public API), or, without a cache (the baseline), from a DataLoader whose worker
+    processes load and preprocess every volume again."""
+    if exp is None:
+        ratio = _shared_ratio(validator, rank, device)
+        stream = PreprocessingBatchStream(config["records"], config["preprocessor"], ratio, cfg.sampler,
+                                          cfg.augmentation, cfg.training.batch_size, cfg.training.loader_workers,
+                                          seed=cfg.training.seed, rank=rank, world_size=world, epoch=epoch,
+                                          steps=cfg.training.steps_per_epoch)
+        return stream, ratio, 0
+    batches = exp.batches(epoch, rank=rank, world_size=world, device_volumes=device_volumes)
+    return batches, batches.ratio, batches.generation
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = config_from_dict(config["experiment"])
     ctx = ray.train.get_context()
@@ -87,7 +115,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     model = ray.train.torch.prepare_model(build_model(cfg.training, config["in_channels"], config["num_classes"]))
     optimizer = build_optimizer(cfg.training, model.parameters())
-    loss_fn = build_loss()
+    loss_fn = build_loss(cfg.training.loss)
     amp = AmpPolicy.for_device(device, cfg.training)
     scaler = amp.scaler()
     start_epoch = _restore(model, optimizer, scaler, config.get("resume_from"))
@@ -97,23 +125,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device_volumes = DeviceVolumes(device, cfg.sampler.gpu_cache_bytes) if on_device else None
     stager = None if on_device else DeviceStager(device)
 
-    exp: Experiment = config["experiment_handle"]
-    if not cfg.cache.enabled:  # the baseline: this worker loads and preprocesses every volume every epoch
-        exp = exp.without_cache(config["records"], config["preprocessor"])
+    exp: Experiment | None = config["experiment_handle"]  # None for the baseline: no cache at all
     validator = ray.get_actor(config["validator_name"], namespace=cfg.cache.namespace)
     t_start = config["t_start"]
     if rank == 0:  # records a restart of the worker group (and its cost) if this is one
         ray.get(validator.trainer_started.remote(start_epoch, time.time()))
     pending, last_validated = None, start_epoch - cfg.validation.interval
     for epoch in range(start_epoch, cfg.training.epochs):
-        with exp.batches(epoch, rank=rank, world_size=world, device_volumes=device_volumes) as batches:
-            stats = run_epoch(model, batches, loss_fn, optimizer, amp, scaler, device, epoch, batches.ratio,
-                              batches.generation, stager=stager)
+        stream, ratio, generation = _epoch_batches(cfg, config, exp, validator, epoch, rank, world, device,
+                                                   device_volumes)
+        with stream as batches:
+            stats = run_epoch(model, batches, loss_fn, optimizer, amp, scaler, device, epoch, ratio, generation,
+                              stager=stager)
             stats.wait_seconds = batches.wait_seconds
 
         stop = False
         if rank == 0:
-            exp.finish_epoch(epoch, {"loss": stats.loss}, rank=rank)
+            if exp is not None:
+                exp.finish_epoch(epoch, {"loss": stats.loss}, rank=rank)
             if pending is not None and ray.wait([pending], timeout=0)[0]:
                 ray.get(pending)  # a validation that failed stops the run with its error
                 pending = None

@@ -31,7 +31,7 @@ from cache_service.sdk import protocol
 from cache_service.sdk.batches import ConsumerSettings, CropBatches, CropDataset
 from cache_service.snapshot import Snapshot
 from cache_service.status import CacheStatus, ExperimentStatus, SamplerReport
-from common.catalog import Catalog, Record, fingerprint, load_catalog
+from common.catalog import Catalog, fingerprint, load_catalog
 from common.chain import UserChain, split_user_chain
 from common.config import AugmentConfig, ExperimentConfig, SamplerConfig, config_from_dict
 from common.preprocess import Preprocessor
@@ -55,7 +55,6 @@ class Experiment:
         self.settings, self.num_classes, self.info = settings, num_classes, dict(info or {})
         self._cache: ActorHandle | None = None
         self._owner = False  # True in the object that registered (it alone unregisters)
-        self._uncached: tuple[list[Record], Callable[[Record], PreparedVolume]] | None = None
         self._val_refs: tuple[Any, ...] = ()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -118,11 +117,11 @@ class Experiment:
         settings = self.settings.with_overrides(patch_size=patch_size, batch_size=batch_size,
                                                 samples_per_volume=samples_per_volume, steps=steps)
         snap = self.snapshot(epoch)
-        items, fetch = self._uncached if self._uncached is not None else (None, None)
-        if items is None and hasattr(self.cache, "fetcher"):  # survives the death of the volumes' owner
+        fetch = None
+        if hasattr(self.cache, "fetcher"):  # survives the death of the volumes' owner
             fetch = self.cache.fetcher(snap, self.id, epoch)
         return protocol.crop_batches(snap, settings, epoch=epoch, rank=rank, world_size=world_size,
-                                     items=items, fetch=fetch, device_volumes=device_volumes)
+                                     fetch=fetch, device_volumes=device_volumes)
 
     def dataset(self, *, rank: int | None = None, world_size: int | None = None, **overrides: Any) -> CropDataset:
         """An ``IterableDataset`` of batches (``DataLoader(ds, batch_size=None, pin_memory=True)``)."""
@@ -161,14 +160,6 @@ class Experiment:
     def status(self) -> ExperimentStatus:
         """This experiment as the cache sees it: epoch, ratio, sampler history, cycle coverage."""
         return protocol.experiment_status(self.cache, self.id)
-
-    def without_cache(self, records: Sequence[Record], preprocessor: Callable[[Record], PreparedVolume]
-                      ) -> "Experiment":
-        """A copy that loads and preprocesses ``records`` itself every epoch (the no-cache baseline);
-        snapshots still come from the cache, for the ratio and the epoch bookkeeping."""
-        twin = pickle.loads(pickle.dumps(self))
-        twin._uncached = (list(records), preprocessor)
-        return twin
 
 
 class SmartCache:

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from common.config import ExperimentConfig, load_config, parse_bytes
+from common.config import ExperimentConfig, config_from_dict, load_config, parse_bytes
 from common.errors import ConfigError
 
 
@@ -12,7 +12,7 @@ def test_defaults_follow_the_paper():
     assert cfg.preprocessing.orientation == "RAS"
     assert cfg.sampler.patch_size == (112, 112, 112)
     assert cfg.sampler.gamma == 1.0 and cfg.sampler.initial_ratio == 1.0
-    assert cfg.training.lr == 5e-4 and cfg.training.optimizer == "novograd"
+    assert cfg.training.optimizer == "novograd" and cfg.training.lr == 1e-2  # NovoGrad's own default lr
 
 
 def test_yaml_and_overrides(tmp_path: Path):
@@ -40,6 +40,9 @@ def test_yaml_and_overrides(tmp_path: Path):
     ("augmentation.flip_prob=2", "augmentation.flip_prob", "probability"),
     ("validation.overlap=1.0", "validation.overlap", "[0, 1)"),
     ("preprocessing.normalization=zscore", "preprocessing.normalization", "auto, ct, mri, none"),
+    ("training.loss=focal", "training.loss", "dice_ce"),
+    ("training.weight_decay=-0.1", "training.weight_decay", ">= 0"),
+    ("training.loader_workers=-1", "training.loader_workers", ">= 0"),
 ])
 def test_wrong_value_names_field_value_and_allowed(override, field, words):
     with pytest.raises(ConfigError) as info:
@@ -72,3 +75,17 @@ def test_config_error_survives_pickling():
     import pickle
     err = pickle.loads(pickle.dumps(ConfigError("a.b", 3, "an integer")))
     assert isinstance(err, ConfigError) and err.field == "a.b" and "a.b" in str(err)
+
+
+def test_loss_weight_decay_and_loader_workers_load_from_overrides():
+    cfg = load_config(None, ["training.loss=dice_ce", "training.weight_decay=1e-5", "training.loader_workers=0"])
+    assert (cfg.training.loss, cfg.training.weight_decay, cfg.training.loader_workers) == ("dice_ce", 1e-5, 0)
+    assert ExperimentConfig().training.loss == "dice_ce"  # Eq. 1 + CE: see docs/benchmarks.md, "NovoGrad"
+
+
+def test_lr_defaults_per_optimiser_unless_given():
+    assert load_config(None, ["training.optimizer=adam"]).training.lr == 1e-3
+    assert load_config(None, ["training.optimizer=novograd"]).training.lr == 1e-2
+    assert load_config(None, ["training.optimizer=adam", "training.lr=3e-4"]).training.lr == 3e-4
+    cfg = load_config(None, ["training.optimizer=sgd", "training.lr=null"])
+    assert cfg.training.lr == 1e-2 and config_from_dict(cfg.to_dict()).training.lr == 1e-2

@@ -1,0 +1,51 @@
+"""The time-to-Dice benchmark's bookkeeping (nothing is trained): milestones, speed-ups, pass-length epochs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.catalog import load_catalog
+from common.config import load_config
+from common.demo_data import make_demo_data
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def ttd():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import arm_result
+        import time_to_dice
+    finally:
+        sys.path.remove(str(BENCH))
+    return arm_result, time_to_dice
+
+
+def _arm(arm_result, name, ttt, history):
+    return arm_result.ArmResult(name, ttt is not None, ttt, None, max(d for _, d in history), (0.9, 0.4), 2, 10,
+                                300.0, 0.0, 0.5, 0.3, 20.0, (1.0, 2.0), history)
+
+
+def test_milestones_and_speed_up(ttd):
+    arm_result, time_to_dice = ttd
+    base = _arm(arm_result, "baseline", 200.0, ((100.0, 0.55), (200.0, 0.72)))
+    full = _arm(arm_result, "full", 50.0, ((20.0, 0.62), (50.0, 0.75)))
+    assert full.time_to(0.5) == 20.0 and full.time_to(0.7) == 50.0 and full.time_to(0.8) is None
+    table = time_to_dice.format_table([base, full], 0.7, 300.0, (0.5, 0.6, 0.7))
+    assert "| full | yes | 50 |" in table and "4.0x" in table and "20 / 20 / 50" in table
+    missed = _arm(arm_result, "baseline", None, ((100.0, 0.3),))
+    assert ">= 6.0x (baseline missed)" in time_to_dice.format_table([missed, full], 0.7, 300.0)
+
+
+def test_pass_steps_cover_the_training_set_per_worker(ttd, tmp_path):
+    _, time_to_dice = ttd
+    make_demo_data(tmp_path, cases=10, size=16)
+    cfg = load_config(None, [f"data.dataset_dir={tmp_path}", "data.val_fraction=0.2", "training.num_workers=2",
+                             "sampler.samples_per_volume=3", "training.batch_size=2"])
+    catalog = load_catalog(tmp_path, cfg.data)  # 8 training cases: 4 per worker, 12 crops, 6 steps
+    assert time_to_dice.pass_steps(cfg, catalog) == 6
+    assert "8 training / 2 validation cases" in time_to_dice.regime(cfg, catalog)
