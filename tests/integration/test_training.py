@@ -115,3 +115,22 @@ def test_killed_run_resumes_from_its_checkpoint(ray_cluster, demo_root, stats_di
     epochs = sorted({r["epoch"] for r in _rows(out, "train")})
     assert epochs == [saved_epoch + 1]
     assert np.isfinite(report.best_mean_dice)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_ddp_run_with_the_device_crop_path_matches_the_host_path(ray_cluster, demo_root, stats_dir, tmp_path):
+    """sampler.device=cuda on a CPU run: the same code cuts crops on the workers' device (here the CPU),
+    and since it delivers the host path's crops, two DDP ranks train to the very same losses."""
+    cfg = tiny_config(demo_root, stats_dir, deterministic=True, seed=3, epochs=2)
+    losses = {}
+    try:
+        for where in ("cpu", "cuda"):
+            run_cfg = replace_section(cfg, "sampler", device=where)
+            run_experiment(run_cfg, LaunchOptions(tmp_path / where, show_progress=False))
+            rows = sorted(_rows(tmp_path / where, "train"), key=lambda r: (r["epoch"], r["rank"]))
+            losses[where] = [(r["epoch"], r["rank"], r["loss"]) for r in rows]
+    finally:
+        stop_caches(cfg.cache.namespace)
+    assert len(losses["cpu"]) == 4
+    assert losses["cuda"] == losses["cpu"]

@@ -13,6 +13,7 @@ import yaml
 
 from common.config import ExperimentConfig, load_config
 from trainer.cli import build_parser
+from trainer.launcher import validator_resources
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -52,6 +53,13 @@ def _shell_commands(commands: list[str]) -> Iterator[str]:
         yield from (part.strip() for part in re.split(r"&&|;|\|\|", line) if part.strip())
 
 
+def _assert_gpus_fit(cfg: ExperimentConfig, gpus: int) -> None:
+    """Trainers and the validation actor fit the GPUs, and a fractional validator fits beside one trainer."""
+    val = validator_resources(cfg)["num_gpus"]
+    assert cfg.training.num_workers * cfg.training.worker_num_gpus + val <= gpus
+    assert val >= 1 or cfg.training.worker_num_gpus + val <= 1 or cfg.training.num_workers < gpus
+
+
 def _gpu_training(args_list: list[Any]) -> ExperimentConfig:
     [cfg] = [a.loaded_config for a in args_list if a.command == "train"]
     return cfg
@@ -80,6 +88,7 @@ def test_cluster_launcher_commands_and_resources() -> None:
     cpus = sum(v["max_workers"] * v["resources"]["CPU"] for v in types.values() if "max_workers" in v)
     cfg = _train_config_for_jobs()
     assert cfg.training.use_gpu and cfg.training.num_workers <= gpus
+    _assert_gpus_fit(cfg, gpus)
     assert cfg.training.num_workers * cfg.training.worker_num_cpus <= cpus
 
 
@@ -116,6 +125,7 @@ def test_raycluster_resources_and_images() -> None:
     assert any(p["containerPort"] == 8740 for p in head["ports"]), "the status API port is not exposed"
     cfg = _train_config_for_jobs()
     assert cfg.training.num_workers <= gpus and cfg.training.num_workers * cfg.training.worker_num_cpus <= cpus
+    _assert_gpus_fit(cfg, gpus)
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     assert f"rayproject/ray:{spec['rayVersion']}-" in dockerfile, "rayVersion differs from the image's Ray"
 
