@@ -56,7 +56,9 @@ def test_two_examples_attached_at_once_share_one_copy(ray_cluster, demo, tmp_pat
     import ray
 
     namespace = f"ex-{uuid.uuid4().hex[:6]}"
-    args = ["--epochs", "300", "--steps", "1", "--patch", "24", "--cache-num", "3",
+    # more epochs than either can finish (the two are killed once both are seen): on an idle machine
+    # plain_pytorch's tiny epochs would otherwise end before Ray Train has started its workers
+    args = ["--epochs", "100000", "--steps", "1", "--patch", "24", "--cache-num", "3",
             "--address", ray_cluster, "--namespace", namespace]
     procs = [subprocess.Popen(_example(n, demo, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               cwd=tmp_path) for n in ("plain_pytorch", "ray_train_loop")]
