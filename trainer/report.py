@@ -104,7 +104,7 @@ def plot_curves(path: Path, train_rows: Sequence[dict[str, Any]], val_rows: Sequ
     legend = axes[0].legend(fontsize=7)
     if train_rows:
         axes[1].plot([r["time_s"] for r in train_rows], [r["loss"] for r in train_rows], "-", color="tab:red")
-    axes[1].set(title="training loss (soft Dice)", xlabel="seconds")
+    axes[1].set(title="training loss (training.loss)", xlabel="seconds")
     axes[2].set(title="pos:neg ratio published", xlabel="seconds", yscale="log")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
