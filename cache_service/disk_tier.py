@@ -18,15 +18,15 @@ import json
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from common.atomic import atomic_write
 from common.volume import PreparedVolume
 
 log = logging.getLogger(__name__)
@@ -125,18 +125,11 @@ class DiskTier:
         meta = {_META_KEY: header.encode(), b"sha256": _digest(arrays, header).encode()}
         columns = {k: _one_row(a) for k, a in arrays.items()}
         batch = pa.RecordBatch.from_pydict(columns).replace_schema_metadata(meta)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-", suffix=".arrow")
-        try:
-            with os.fdopen(fd, "wb") as fh, ipc.new_file(fh, batch.schema) as writer:
+        def write_ipc(fh: IO[Any]) -> None:
+            with ipc.new_file(fh, batch.schema) as writer:
                 writer.write_batch(batch)
-                writer.close()
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path(vol.item_id))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+        atomic_write(self.path(vol.item_id), write_ipc, suffix=".arrow")
         return self.path(vol.item_id)
 
     def read(self, item_id: str) -> tuple[PreparedVolume | None, str | None]:

@@ -9,14 +9,13 @@ so progress, ratios, sampler histories and fault counts outlive the cache's proc
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Sequence
 
 from pydantic import ValidationError
 
 from cache_service.status import ExperimentStatus, FaultEvent, RegistryState, SamplerReport
+from common.atomic import atomic_write
 from common.errors import UnknownItemError
 from common.fair_rotation import Attached, CycleProgress, advance_cycle, holding_back
 
@@ -136,17 +135,7 @@ class ExperimentRegistry:
 
 def save_state(path: Path, state: RegistryState) -> None:
     """Write atomically (temp file + rename): a reader after a crash sees the old or the new file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(state.model_dump_json())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda fh: fh.write(state.model_dump_json()), mode="w", suffix=".json")
 
 
 def load_state(path: Path) -> RegistryState | None:

@@ -11,31 +11,17 @@ instead of appearing twice.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+
+from common.atomic import atomic_write
 
 __all__ = ["RunState"]
 
 STATE_FILE = "validator.json"
 BEST_FILE = "best_weights.pt"
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, mode) as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class RunState:
@@ -77,7 +63,7 @@ class RunState:
         self.val_rows[int(row["epoch"])] = row
         if self.best is None or row["mean_dice"] > self.best[0]:
             self.best = (float(row["mean_dice"]), {k: v.detach().clone() for k, v in weights.items()})
-            _atomic_write(self.folder / BEST_FILE, lambda fh: torch.save(self.best[1], fh), "wb")
+            atomic_write(self.folder / BEST_FILE, lambda fh: torch.save(self.best[1], fh), "wb")
         self.save()
 
     def add_train(self, row: dict[str, Any]) -> None:
@@ -91,4 +77,4 @@ class RunState:
     def save(self) -> None:
         body = {"validation": self.history(), "train": self.train_history(), "faults": self.faults,
                 "best_dice": None if self.best is None else self.best[0]}
-        _atomic_write(self.folder / STATE_FILE, lambda fh: json.dump(body, fh), "w")
+        atomic_write(self.folder / STATE_FILE, lambda fh: json.dump(body, fh), "w")
