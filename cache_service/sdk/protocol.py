@@ -41,8 +41,9 @@ from cache_service.snapshot import Snapshot
 from cache_service.status import ExperimentStatus, SamplerReport
 from common.config import SamplerConfig
 from common.errors import UnknownItemError
-from common.ratio import class_counts, error_indices, next_ratio
+from common.ratio import error_indices, next_ratio
 from trainer.device_crops import DeviceVolumes
+from trainer.validation import dice_per_class  # the validation actor's Dice, so both report the same
 
 
 def _call(cache: Any, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -113,15 +114,6 @@ class ValidationNumbers:
     ratio: float
 
 
-def _dice(pred: np.ndarray, label: np.ndarray, num_classes: int) -> list[float]:
-    """Dice per foreground class; a class absent from both maps scores 1."""
-    out = []
-    for c in range(1, num_classes):
-        fp, fn, tp = class_counts(pred, label, c)
-        out.append(1.0 if fp + fn + tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    return out
-
-
 def validation_numbers(preds: Sequence[Any], labels: Sequence[Any], num_classes: int,
                        sampler: SamplerConfig, current_ratio: float) -> ValidationNumbers:
     """Dice, r_FP, r_FN (means over cases) and the next ratio r' = (r_FN / r_FP) ** gamma, clamped."""
@@ -131,7 +123,7 @@ def validation_numbers(preds: Sequence[Any], labels: Sequence[Any], num_classes:
     for pred, label in zip(preds, labels):
         p, t = _class_map(pred), _class_map(label)
         r_fp, r_fn = error_indices(p, t, num_classes, sampler.formula)
-        dices.append(_dice(p, t, num_classes))
+        dices.append(dice_per_class(p, t, num_classes))
         fps.append(r_fp)
         fns.append(r_fn)
     per_class = tuple(float(x) for x in np.mean(dices, axis=0))
