@@ -89,7 +89,8 @@ class CacheStatus(BaseModel):
     seconds_saved: float = 0.0
     disk_hits: int = 0
     disk_rejected: list[str] = Field(default_factory=list)
-    disk_tier: str = "off"  # off | ok | read-only (it refused a write, touch or delete; volumes are prepared)
+    disk_tier: str = "off"  # off | ok | read-only (it refused a write, touch or delete: a read-only mount,
+    # another user's folder, a full disk; what it cannot keep is prepared instead)
     disk_tier_error: str = ""  # the first refusal, naming the path
     quarantined: list[QuarantinedItem] = Field(default_factory=list)
     experiments: list[ExperimentStatus] = Field(default_factory=list)

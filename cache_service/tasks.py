@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import pickle
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cache_service.disk_tier import DiskTier, evict
@@ -49,7 +50,11 @@ def prepare_item(preprocessor: "Preprocessor | bytes", record: Record, cache: Ca
     if tier is not None:
         try:
             written = tier.write(vol)
-            evict(disk_dir, int(cache.disk_budget), keep=frozenset({written}))
         except OSError as err:  # a full or read-only disk must not stop the cache: it serves what it prepared
             tier.note_error("write", tier.path(record.item_id), err)
+        else:
+            try:
+                evict(disk_dir, int(cache.disk_budget), keep=frozenset({written}))
+            except OSError as err:  # e.g. another user's files under a shared root
+                tier.note_error("evict old files under", Path(disk_dir), err)
     return PrepMeta(record.item_id, vol.nbytes, vol.prep_seconds, False, note, tier.error if tier else None), vol

@@ -177,6 +177,7 @@ def fingerprint(catalog: Catalog, prep: PreprocessConfig, chain: str | None = No
         "preprocessing": asdict(prep) if chain is None else {"user_chain": chain},
         "labels": list(catalog.labels),
         "modality": catalog.modality,
+        "channels": catalog.num_channels,  # the channel check quarantines by it
         "files": [(r.item_id, file_identity(r.image), file_identity(r.label))
                   for r in sorted(catalog.train + catalog.val, key=lambda r: r.item_id)],
     }

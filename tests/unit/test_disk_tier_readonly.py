@@ -18,6 +18,7 @@ import pytest
 
 from cache_service.disk_tier import DiskTier
 from cache_service.pool import CacheBook, PrepMeta
+from cache_service import tasks
 from cache_service.tasks import prepare_item
 from common.catalog import load_catalog
 from common.config import CacheConfig, DataConfig, PreprocessConfig
@@ -85,6 +86,14 @@ def test_read_only_tier_serves_every_item_equal_to_a_fresh_preprocess(dataset, t
         assert meta.from_disk == (rec is catalog.train[0]) and meta.disk_note is None
         assert meta.disk_error is not None and "Read-only" in meta.disk_error
     assert sorted(p.name for p in (tmp_path / "tier" / "fp").iterdir()) == [f"{catalog.train[0].item_id}.arrow"]
+
+
+def test_refused_eviction_keeps_the_written_file(dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    catalog, prep = dataset
+    monkeypatch.setattr(tasks, "evict", _refuse)
+    meta, vol = prepare_item(prep, catalog.train[0], CacheConfig(disk_dir=str(tmp_path / "tier")), "fp")
+    assert meta.disk_error is not None and meta.disk_error.startswith(f"cannot evict old files under {tmp_path}")
+    _same_data(DiskTier(tmp_path / "tier", "fp").read(catalog.train[0].item_id)[0], vol)
 
 
 @pytest.mark.skipif(os.getuid() == 0, reason="root writes into a read-only folder anyway; simulated above")
