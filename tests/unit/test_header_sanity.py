@@ -17,7 +17,7 @@ from cache_service.client import _preprocessor_bytes
 from common.catalog import load_catalog
 from common.config import DataConfig, PreprocessConfig, load_config
 from common.errors import DataError
-from common.nifti import read_nifti
+from common.nifti import LoadCheckedPaird, read_nifti
 from common.preprocess import Preprocessor, build_preprocessor, compute_intensity_stats
 from tests.unit.conftest import write_case, write_dataset
 
@@ -104,8 +104,6 @@ class _FailsInside(MapTransform):
 
 
 def _user_prefix(catalog, step: MapTransform) -> Preprocessor:
-    from common.nifti import LoadCheckedPaird
-
     return Preprocessor(PreprocessConfig(), catalog.num_classes, "none", None,
                         chain=Compose([LoadCheckedPaird(catalog.num_classes), step]))
 
