@@ -35,7 +35,7 @@ from cache_service.status import CacheStatus, FaultEvent, SamplerReport
 from cache_service.tasks import prepare_item
 from common.catalog import Catalog, Record
 from common.config import CacheConfig
-from common.errors import CacheUnavailableError, SmartCacheError
+from common.errors import CacheUnavailableError, describe_error
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class ServiceSpec:
 
 def _error_text(err: BaseException) -> str:
     cause = err.cause if isinstance(err, RayTaskError) and err.cause is not None else err
-    return str(cause) if isinstance(cause, SmartCacheError) else f"{type(cause).__name__}: {cause}"
+    return describe_error(cause)
 
 
 def smallest_object_store() -> int | None:
@@ -81,6 +81,8 @@ class SmartCacheService:
         if budget_note:
             log.warning(budget_note)
             self.book.store_message = budget_note
+        if self.cfg.disk_path() is not None:
+            self.book.disk_tier = "ok"
         self._created = time.time()
         self._state_file = self.cfg.state_path() / self.cfg.namespace / spec.fingerprint / "registry.json"
         self.restarts, self.last_fault = 0, None

@@ -21,7 +21,7 @@ from cache_service.actor import ServiceSpec, SmartCacheService
 from cache_service.status import CacheStatus
 from common.catalog import Catalog
 from common.config import ExperimentConfig
-from common.errors import CacheUnavailableError, DataError, SmartCacheError
+from common.errors import CacheUnavailableError, DataError, PoolFailedError, SmartCacheError
 
 ACTOR_NUM_CPUS = 0.25
 ACTOR_MAX_CONCURRENCY = 16
@@ -117,7 +117,11 @@ def get_or_create_cache(catalog: Catalog, cfg: ExperimentConfig, fingerprint: st
 
 def wait_until_ready(handle: ActorHandle, timeout_s: float = 600.0, progress: bool = True,
                      poll_s: float = 0.25) -> CacheStatus:
-    """Poll the status until the pool and the validation volumes are cached, with a progress bar."""
+    """Poll the status until the pool and the validation volumes are cached, with a progress bar.
+
+    Raises :class:`~common.errors.PoolFailedError` with the first cause as soon as every
+    training item is quarantined, rather than returning a "ready" cache with an empty pool.
+    """
     from tqdm.auto import tqdm
 
     deadline = time.monotonic() + timeout_s
@@ -131,6 +135,8 @@ def wait_until_ready(handle: ActorHandle, timeout_s: float = 600.0, progress: bo
             total = min(status.capacity, status.train_items - bad_train) + status.val_items_total - bad_val
             now = (status.items_cached + status.val_items_cached, total)
             bar.total, bar.n = total, now[0]
+            if status.state == "failed":  # nothing will ever be served: say why now, not at the first batch
+                raise PoolFailedError(status.name, status.train_items, status.failure)
             if status.state == "ready":
                 return status  # closing the bar draws the final state once
             if now != shown:  # redraw on change only: a log or pipe gets one line per step, not one per poll

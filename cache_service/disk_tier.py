@@ -9,10 +9,15 @@ checksum or structure is wrong is deleted and reported, never returned. The whol
 modification time, and :func:`evict` deletes the least recently used files beyond the
 limit, so a default tier in the user's cache folder cannot fill the disk. Nothing here
 imports Ray.
+
+A tier the process cannot write, touch or delete in (a read-only mount, another user's
+folder) is not an error of the data: a file it cannot read is a miss, a failed touch or
+delete is noted in :attr:`DiskTier.error`, and the cache goes on preparing volumes itself.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -114,6 +119,13 @@ class DiskTier:
     def __init__(self, root: str | Path, fingerprint: str) -> None:
         self.dir = Path(root).expanduser() / fingerprint
         self.fingerprint = fingerprint
+        self.error: str | None = None  # the first operation the file system refused, if any
+
+    def note_error(self, what: str, path: Path, err: OSError) -> None:
+        """Remember why the tier cannot be used fully (the cache shows it); the first reason wins."""
+        if self.error is None:
+            self.error = f"cannot {what} {path} ({type(err).__name__}: {err})"
+            log.debug("disk tier: %s", self.error)
 
     def path(self, item_id: str) -> Path:
         return self.dir / f"{_SAFE_ID.sub('_', item_id)}.arrow"
@@ -133,19 +145,38 @@ class DiskTier:
         return self.path(vol.item_id)
 
     def read(self, item_id: str) -> tuple[PreparedVolume | None, str | None]:
-        """(volume, None) on a good file; (None, None) if absent; (None, why) after deleting a bad one."""
+        """(volume, None) on a good file; (None, None) if absent or unreadable; (None, why) for a bad one.
+
+        A bad file is deleted (if the tier allows it) and never returned; an unreadable one
+        (permissions) is a plain miss, so the caller prepares the volume itself.
+        """
         path = self.path(item_id)
         if not path.is_file():
             return None, None
+        if not os.access(path, os.R_OK):
+            self.note_error("read", path, PermissionError(errno.EACCES, "permission denied"))
+            return None, None
         try:
             vol = _read_checked(path, item_id)
-            os.utime(path)  # recently used: the last to be evicted
-            return vol, None
+        except PermissionError as err:  # an ACL or a race os.access did not see
+            self.note_error("read", path, err)
+            return None, None
         except (CorruptFileError, pa.ArrowException, OSError, ValueError, KeyError, TypeError) as err:
             reason = f"{path}: rejected corrupt disk-tier file ({type(err).__name__}: {err})"
             log.warning(reason)
-            path.unlink(missing_ok=True)
+            self._discard(path)
             return None, reason
+        try:
+            os.utime(path)  # recently used: the last to be evicted
+        except OSError as err:
+            self.note_error("touch", path, err)
+        return vol, None
+
+    def _discard(self, path: Path) -> None:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as err:  # read-only tier: the bad file stays, and is rejected again next time
+            self.note_error("delete", path, err)
 
 
 def _read_checked(path: Path, item_id: str) -> PreparedVolume:

@@ -8,6 +8,7 @@ only moves refs between Ray and this class.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -17,6 +18,7 @@ import numpy as np
 from cache_service.status import QuarantinedItem
 from common.rotation import Rotation, RotationPlan
 
+log = logging.getLogger(__name__)
 
 STORE_SHARE = 0.7  # of the smallest node's object store; the rest is left for weights, batches, other users
 
@@ -47,6 +49,7 @@ class PrepMeta:
     prep_seconds: float  # what preparing it cost (or once cost, when read from disk)
     from_disk: bool = False
     disk_note: str | None = None  # why a disk-tier file was rejected, if one was
+    disk_error: str | None = None  # what the disk tier's folder refused (read, touch, write, delete), if anything
 
 
 @dataclass
@@ -77,6 +80,8 @@ class CacheBook:
         self.prep_seconds_spent = self.seconds_saved = 0.0
         self.disk_hits, self.rotations, self.max_item_bytes = 0, 0, 0
         self.disk_rejected: list[str] = []
+        self.disk_tier = "off"  # off | ok | read-only (the actor sets "ok" when a tier is configured)
+        self.disk_tier_error = ""
         self.budget_message = self.val_budget_message = self.store_message = ""
         self.warm = False
 
@@ -118,6 +123,11 @@ class CacheBook:
             self.prep_seconds_spent += meta.prep_seconds
         if meta.disk_note:
             self.disk_rejected.append(meta.disk_note)
+        if meta.disk_error and not self.disk_tier_error:
+            self.disk_tier, self.disk_tier_error = "read-only", meta.disk_error
+            log.warning("disk tier degraded to read-only: %s. The cache keeps serving, preparing what it cannot "
+                        "keep on disk; give the tier a writable folder (cache.disk_dir) to skip that work",
+                        meta.disk_error)
 
     def accept(self, meta: PrepMeta, ref: Any) -> bool:
         """Take a prepared training item if the budget allows; returns whether it is held."""
@@ -206,6 +216,14 @@ class CacheBook:
         return tuple(e.item_id for e in entries), tuple(e.ref for e in entries)
 
     @property
+    def failed(self) -> str:
+        """Why nothing can be served ('' while something can): every training item is quarantined."""
+        bad = [q for q in self.quarantined.values() if q.split == "train"]
+        if not self.train_total or len(bad) < self.train_total:
+            return ""
+        return f"{bad[0].item_id}: {bad[0].error}"
+
+    @property
     def ready(self) -> bool:
         val_done = not (self.val_in_flight or self.next_val_jobs())
         return self.warm and val_done
@@ -213,7 +231,8 @@ class CacheBook:
     def status_fields(self) -> dict[str, Any]:
         pool = self.plan.pool
         return dict(
-            state="ready" if self.ready else "filling", train_items=self.train_total, cache_num=self.cache_num,
+            state="failed" if self.failed else "ready" if self.ready else "filling", failure=self.failed,
+            train_items=self.train_total, cache_num=self.cache_num,
             capacity=self.plan.capacity, items_cached=len(pool), pool=list(pool), bytes_cached=self.held_bytes(),
             byte_budget=self.byte_budget,
             budget_limited=bool(self.budget_message or self.val_budget_message or self.store_message),
@@ -224,5 +243,6 @@ class CacheBook:
             replacements_ready=len(self.entries) - len(pool), val_items_total=len(self.val_ids),
             val_items_cached=len(self.val_entries), val_items=list(self.val_entries), use_counts=dict(self.use_counts),
             prep_seconds_spent=self.prep_seconds_spent, seconds_saved=self.seconds_saved,
-            disk_hits=self.disk_hits, disk_rejected=list(self.disk_rejected),
+            disk_hits=self.disk_hits, disk_rejected=list(self.disk_rejected), disk_tier=self.disk_tier,
+            disk_tier_error=self.disk_tier_error,
             quarantined=list(self.quarantined.values()))

@@ -65,7 +65,8 @@ class CacheStatus(BaseModel):
 
     fingerprint: str
     name: str
-    state: str  # filling | ready
+    state: str  # filling | ready | failed (every training item quarantined: nothing to serve)
+    failure: str = ""  # when failed: the first quarantined item and its cause
     train_items: int
     cache_num: int  # the configured pool size (cache_num / cache_rate)
     capacity: int  # the pool size actually targeted (lower when the byte budget is limiting)
@@ -88,6 +89,9 @@ class CacheStatus(BaseModel):
     seconds_saved: float = 0.0
     disk_hits: int = 0
     disk_rejected: list[str] = Field(default_factory=list)
+    disk_tier: str = "off"  # off | ok | read-only (it refused a write, touch or delete: a read-only mount,
+    # another user's folder, a full disk; what it cannot keep is prepared instead)
+    disk_tier_error: str = ""  # the first refusal, naming the path
     quarantined: list[QuarantinedItem] = Field(default_factory=list)
     experiments: list[ExperimentStatus] = Field(default_factory=list)
     rotation_waits_for: list[str] = Field(default_factory=list)  # experiments still owed the current generation

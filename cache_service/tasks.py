@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import pickle
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cache_service.disk_tier import DiskTier, evict
@@ -27,6 +28,9 @@ def prepare_item(preprocessor: "Preprocessor | bytes", record: Record, cache: Ca
                  fingerprint: str) -> tuple[PrepMeta, PreparedVolume]:
     """Disk tier hit, else the deterministic prefix; a DataError propagates (the actor quarantines).
 
+    A tier that refuses a read, touch, write or delete never fails the item: the volume
+    is prepared (or served) anyway and the refusal travels in ``PrepMeta.disk_error``.
+
     The preprocessor may come pickled, so the cache actor that submits this task never
     has to import torch and MONAI itself; only a miss unpickles it. The tier's folder is
     resolved here, on the node that reads and writes it.
@@ -39,14 +43,18 @@ def prepare_item(preprocessor: "Preprocessor | bytes", record: Record, cache: Ca
         vol, note = tier.read(record.item_id)
         if vol is not None:
             log.debug("disk hit %s in %.3fs", record.item_id, time.perf_counter() - start)
-            return PrepMeta(record.item_id, vol.nbytes, vol.prep_seconds, True, None), vol
+            return PrepMeta(record.item_id, vol.nbytes, vol.prep_seconds, True, None, tier.error), vol
     if isinstance(preprocessor, bytes):
         preprocessor = pickle.loads(preprocessor)
     vol = preprocessor(record)
     if tier is not None:
         try:
             written = tier.write(vol)
-            evict(disk_dir, int(cache.disk_budget), keep=frozenset({written}))
-        except OSError as err:  # a full or read-only disk must not stop the cache
-            log.warning("could not write %s to the disk tier: %s", record.item_id, err)
-    return PrepMeta(record.item_id, vol.nbytes, vol.prep_seconds, False, note), vol
+        except OSError as err:  # a full or read-only disk must not stop the cache: it serves what it prepared
+            tier.note_error("write", tier.path(record.item_id), err)
+        else:
+            try:
+                evict(disk_dir, int(cache.disk_budget), keep=frozenset({written}))
+            except OSError as err:  # e.g. another user's files under a shared root
+                tier.note_error("evict old files under", Path(disk_dir), err)
+    return PrepMeta(record.item_id, vol.nbytes, vol.prep_seconds, False, note, tier.error if tier else None), vol

@@ -41,6 +41,7 @@ class Catalog:
     labels: tuple[str, ...]  # class names, index = class value
     train: tuple[Record, ...]
     val: tuple[Record, ...]
+    num_channels: int = 1  # image channels: the number of modalities dataset.json lists
 
     @property
     def num_classes(self) -> int:
@@ -65,10 +66,21 @@ def _item_id(image_path: str) -> str:
     return Path(name).stem
 
 
-def _resolve(root: Path, rel: Any, where: str) -> str:
+def _resolve(root: Path, rel: Any, where: str, allow_outside: bool) -> str:
+    """Absolute path of one listed file, which must lie inside the dataset folder (symlinks followed).
+
+    On a shared cluster the cache's tasks read whatever the Ray worker's user can, so a
+    dataset.json must not reach ``../..``, an absolute path or a symlink elsewhere unless the
+    user says the dataset is trusted.
+    """
+    json_path = str(root / "dataset.json")
     if not isinstance(rel, str) or not rel:
-        raise DataError(str(root / "dataset.json"), f"{where} must be a file path, got {rel!r}")
+        raise DataError(json_path, f"{where} must be a file path, got {rel!r}")
     path = (root / rel).resolve()
+    if not allow_outside and not path.is_relative_to(root):
+        raise DataError(json_path, f"{where} = {rel!r} resolves to {path}, outside the dataset folder {root}; "
+                                   "move the file into the folder, or allow outside paths for a trusted dataset "
+                                   "(data.allow_outside_paths: true, or load_catalog(..., allow_outside_paths=True))")
     if not path.is_file():
         raise DataError(str(path), f"file listed in dataset.json ({where}) does not exist")
     return str(path)
@@ -106,9 +118,14 @@ def _split(records: list[Record], cfg: DataConfig, json_path: Path) -> tuple[lis
     return train, val
 
 
-def load_catalog(dataset_dir: str | Path, cfg: DataConfig | None = None) -> Catalog:
-    """Read ``DIR/dataset.json`` (MSD layout), check every listed file exists, and split it."""
+def load_catalog(dataset_dir: str | Path, cfg: DataConfig | None = None, *,
+                 allow_outside_paths: bool | None = None) -> Catalog:
+    """Read ``DIR/dataset.json`` (MSD layout), check every listed file exists inside DIR, and split it.
+
+    ``allow_outside_paths`` (default: ``cfg.allow_outside_paths``) lets entries point outside DIR.
+    """
     cfg = cfg or DataConfig()
+    outside = cfg.allow_outside_paths if allow_outside_paths is None else allow_outside_paths
     root = Path(dataset_dir).expanduser().resolve()
     json_path = root / "dataset.json"
     if not json_path.is_file():
@@ -133,15 +150,15 @@ def load_catalog(dataset_dir: str | Path, cfg: DataConfig | None = None) -> Cata
     for i, entry in enumerate(training):
         if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
             raise DataError(str(json_path), f"training[{i}] must have keys 'image' and 'label'")
-        image = _resolve(root, entry["image"], f"training[{i}].image")
-        label = _resolve(root, entry["label"], f"training[{i}].label")
+        image = _resolve(root, entry["image"], f"training[{i}].image", outside)
+        label = _resolve(root, entry["label"], f"training[{i}].label", outside)
         records.append(Record(_item_id(image), image, label))
     ids = [r.item_id for r in records]
     if len(set(ids)) != len(ids):
         raise DataError(str(json_path), "two training entries share an image file name")
     train, val = _split(records, cfg, json_path)
     return Catalog(str(root), str(meta.get("name", root.name)), str(modality.get("0", next(iter(modality.values())))),
-                   labels, tuple(train), tuple(val))
+                   labels, tuple(train), tuple(val), num_channels=len(modality))
 
 
 def file_identity(path: str) -> tuple[str, int, int]:
@@ -160,6 +177,7 @@ def fingerprint(catalog: Catalog, prep: PreprocessConfig, chain: str | None = No
         "preprocessing": asdict(prep) if chain is None else {"user_chain": chain},
         "labels": list(catalog.labels),
         "modality": catalog.modality,
+        "channels": catalog.num_channels,  # the channel check quarantines by it
         "files": [(r.item_id, file_identity(r.image), file_identity(r.label))
                   for r in sorted(catalog.train + catalog.val, key=lambda r: r.item_id)],
     }

@@ -64,9 +64,13 @@ class DataConfig:
     val_fraction: float = 0.2
     split_seed: int = 0
     val_ids: tuple[str, ...] = ()
+    allow_outside_paths: bool = False  # true: dataset.json may list files outside its folder (trusted datasets)
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", self.val_fraction, "a fraction in [0, 1)")
+
+
+MAX_VOXELS = 1024 ** 3  # 4 GiB as float32: above any CT/MRI volume (512^2 x 2000 is 0.5e9), below a bad header
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class PreprocessConfig:
     normalization: str = "auto"  # auto (from dataset.json modality) | ct | mri | none
     ct_percentiles: tuple[float, float] = (5.0, 95.0)
     clip_percentiles: tuple[float, float] | None = None  # per volume, non-zero voxels, before scaling
+    max_voxels: int = MAX_VOXELS  # a NIfTI header declaring more is refused before reading (common.nifti)
 
     def __post_init__(self) -> None:
         _check(len(self.spacing) == 3 and all(s > 0 for s in self.spacing), "preprocessing.spacing",
@@ -88,6 +93,7 @@ class PreprocessConfig:
         _check(self.normalization in ("auto", "ct", "mri", "none"), "preprocessing.normalization",
                self.normalization, "one of auto, ct, mri, none")
         _check_range("preprocessing.ct_percentiles", self.ct_percentiles, 0.0)
+        _check(self.max_voxels > 0, "preprocessing.max_voxels", self.max_voxels, "a positive number of voxels")
         _check(self.ct_percentiles[1] <= 100, "preprocessing.ct_percentiles", self.ct_percentiles, "percentiles <= 100")
         if self.clip_percentiles is not None:
             _check_range("preprocessing.clip_percentiles", self.clip_percentiles, 0.0)

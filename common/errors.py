@@ -59,3 +59,42 @@ class UnknownItemError(SmartCacheError, KeyError):
 
     def __str__(self) -> str:
         return f"unknown {self.kind} '{self.key}'"
+
+
+class PoolFailedError(SmartCacheError, RuntimeError):
+    """Every training volume of a cache failed its preparation, so there is nothing to serve.
+
+    Raised to the user at connect / warm-up time instead of a "ready" cache with an empty
+    pool, whose first batch would then fail far from the cause.
+    """
+
+    def __init__(self, name: str, failed: int, first_cause: str) -> None:
+        self.name, self.failed, self.first_cause = name, failed, first_cause
+        super().__init__(name, failed, first_cause)
+
+    def __str__(self) -> str:
+        return (f"cache '{self.name}': all {self.failed} training volume(s) failed preprocessing, nothing can be "
+                f"served; first cause: {self.first_cause}. Fix the transform chain or the files named above")
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """The innermost exception of a ``__cause__`` / ``__context__`` chain.
+
+    MONAI wraps a failing transform's error in ``RuntimeError: applying transform <...>``,
+    whose text names an object address and hides what went wrong; the root says it.
+    A DataError met on the way is returned as is: it already names the file.
+    """
+    seen: set[int] = set()
+    while id(err) not in seen and not isinstance(err, DataError):
+        seen.add(id(err))
+        inner = err.__cause__ or err.__context__
+        if inner is None:
+            break
+        err = inner
+    return err
+
+
+def describe_error(err: BaseException) -> str:
+    """``Type: message`` of the root cause (a DataError's own text, which names its file)."""
+    root = root_cause(err)
+    return str(root) if isinstance(root, SmartCacheError) else f"{type(root).__name__}: {root}"

@@ -11,6 +11,7 @@ non-zero voxels per volume.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,13 +29,16 @@ from monai.transforms import (
     Spacingd,
 )
 
+from common.atomic import atomic_write
 from common.catalog import Catalog, Record
-from common.config import PreprocessConfig
-from common.errors import DataError
+from common.config import MAX_VOXELS, PreprocessConfig
+from common.errors import DataError, describe_error, root_cause
 from common.nifti import LoadCheckedPaird, load_checked_pair
 from common.volume import PreparedVolume, class_voxel_indices
 
 STATS_SAMPLES_PER_VOLUME = 200_000
+
+log = logging.getLogger(__name__)
 
 
 def is_random(transform: Any) -> bool:
@@ -110,9 +114,9 @@ def normalization_steps(cfg: PreprocessConfig, norm: str, stats: IntensityStats 
 
 
 def deterministic_chain(cfg: PreprocessConfig, num_classes: int, norm: str,
-                        stats: IntensityStats | None) -> Compose:
+                        stats: IntensityStats | None, num_channels: int = 1) -> Compose:
     """The cacheable MONAI chain for dicts ``{"image": path, "label": path}``."""
-    return Compose([LoadCheckedPaird(num_classes),
+    return Compose([LoadCheckedPaird(num_classes, num_channels=num_channels, max_voxels=cfg.max_voxels),
                     *spatial_steps(cfg, ["image", "label"], ("bilinear", "nearest")),
                     *normalization_steps(cfg, norm, stats)])
 
@@ -121,21 +125,36 @@ def _stats_path(stats_dir: str | Path, fp: str) -> Path:
     return Path(stats_dir).expanduser() / f"{fp}.intensity.json"
 
 
+def _stored_stats(path: Path) -> IntensityStats | None:
+    """The statistics kept at ``path``, or None when absent or unreadable (they are then recomputed)."""
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+        return IntensityStats(float(raw["lower"]), float(raw["upper"]), tuple(raw["percentiles"]),
+                              int(raw["num_volumes"]))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        log.warning("%s: corrupt intensity statistics (%s: %s); recomputing them", path, type(err).__name__, err)
+        return None
+
+
 def compute_intensity_stats(records: Sequence[Record], num_classes: int, percentiles: tuple[float, float],
-                            stats_dir: str | Path | None = None, fp: str | None = None) -> IntensityStats:
+                            stats_dir: str | Path | None = None, fp: str | None = None, num_channels: int = 1,
+                            max_voxels: int = MAX_VOXELS) -> IntensityStats:
     """One pass over the training set: percentiles of foreground intensities, kept beside the fingerprint.
 
     With ``stats_dir`` and ``fp`` given, a stored result is reused, so every cache
-    replica and every restart clips CT with the same window.
+    replica and every restart clips CT with the same window; a corrupt stored file is
+    recomputed and replaced rather than ending the run.
     """
     path = _stats_path(stats_dir, fp) if stats_dir is not None and fp is not None else None
-    if path is not None and path.is_file():
-        raw = json.loads(path.read_text())
-        return IntensityStats(raw["lower"], raw["upper"], tuple(raw["percentiles"]), raw["num_volumes"])
+    stored = _stored_stats(path) if path is not None else None
+    if stored is not None:
+        return stored
     rng = np.random.default_rng(0)
     samples = []
     for rec in records:
-        image, label, _ = load_checked_pair(rec.image, rec.label, num_classes)
+        image, label, _ = load_checked_pair(rec.image, rec.label, num_classes, num_channels, max_voxels)
         fg = image[0][label[0] > 0]
         if fg.size == 0:
             fg = image[0].reshape(-1)
@@ -147,10 +166,8 @@ def compute_intensity_stats(records: Sequence[Record], num_classes: int, percent
         hi = lo + 1.0
     stats = IntensityStats(float(lo), float(hi), tuple(percentiles), len(records))
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(stats)))
-        tmp.replace(path)
+        text = json.dumps(asdict(stats))
+        atomic_write(path, lambda fh: fh.write(text.encode()), suffix=".json")
     return stats
 
 
@@ -192,10 +209,11 @@ class Preprocessor:
     """Runs the deterministic prefix for one record; a plain, picklable object for Ray tasks."""
 
     def __init__(self, cfg: PreprocessConfig, num_classes: int, norm: str, stats: IntensityStats | None,
-                 patch_size: Sequence[int] | None = None, chain: Compose | None = None) -> None:
+                 patch_size: Sequence[int] | None = None, chain: Compose | None = None,
+                 num_channels: int = 1) -> None:
         self.cfg, self.num_classes, self.norm, self.stats = cfg, num_classes, norm, stats
         self.patch_size = tuple(patch_size) if patch_size is not None else None
-        self.chain = chain if chain is not None else deterministic_chain(cfg, num_classes, norm, stats)
+        self.chain = chain if chain is not None else deterministic_chain(cfg, num_classes, norm, stats, num_channels)
 
     def __call__(self, record: Record) -> PreparedVolume:
         start = time.perf_counter()
@@ -203,11 +221,11 @@ class Preprocessor:
             out = self.chain({"image": record.image, "label": record.label})
         except DataError:
             raise
-        except Exception as err:  # MONAI wraps transform errors; unwrap ours, name the file otherwise
-            cause = err.__cause__ or err.__context__
-            if isinstance(cause, DataError):
-                raise cause from None
-            raise DataError(record.image, f"preprocessing failed: {type(err).__name__}: {err}") from err
+        except Exception as err:  # MONAI wraps transform errors in "applying transform <...>": report the root
+            root = root_cause(err)
+            if isinstance(root, DataError):
+                raise root from None
+            raise DataError(record.image, f"preprocessing failed: {describe_error(root)}") from err
         out = {"image_path": record.image, "label_path": record.label, **out}
         return finish_volume(out, record.item_id, self.num_classes, self.patch_size, time.perf_counter() - start)
 
@@ -218,5 +236,6 @@ def build_preprocessor(catalog: Catalog, cfg: PreprocessConfig, patch_size: Sequ
     norm = resolve_normalization(cfg, catalog)
     stats = None
     if norm == "ct":
-        stats = compute_intensity_stats(catalog.train, catalog.num_classes, cfg.ct_percentiles, stats_dir, fp)
-    return Preprocessor(cfg, catalog.num_classes, norm, stats, patch_size)
+        stats = compute_intensity_stats(catalog.train, catalog.num_classes, cfg.ct_percentiles, stats_dir, fp,
+                                        catalog.num_channels, cfg.max_voxels)
+    return Preprocessor(cfg, catalog.num_classes, norm, stats, patch_size, num_channels=catalog.num_channels)

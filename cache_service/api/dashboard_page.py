@@ -126,6 +126,8 @@ function cacheCard(c, items) {
     stat("prep s spent / saved", `${c.prep_seconds_spent.toFixed(1)} / ${c.seconds_saved.toFixed(1)}`));
   card.append(stats);
   if (c.budget_message) card.append(el("p", {class: "warn"}, c.budget_message));
+  if (c.failure) card.append(el("p", {class: "warn"}, `nothing can be served: every training item failed; ${c.failure}`));
+  if (c.disk_tier_error) card.append(el("p", {class: "warn"}, `disk tier ${c.disk_tier}: ${c.disk_tier_error}`));
   card.append(el("h3", {}, `Pool (oldest first; R = ${c.replace_num} leave at the next rotation) and other items`));
   const legend = el("div", {class: "legend"});
   for (const [k, v] of Object.entries(COLORS)) { const s = el("span", {}, k.replace("_", " ")); s.prepend(el("i", {style: "background:" + v})); legend.append(s); }

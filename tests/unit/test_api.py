@@ -157,3 +157,13 @@ def test_fuzz_no_5xx(source: InMemorySource) -> None:
                            f"bearer  {TOKEN}", "Bearer \xe9\xff"])
         r = c.get(path, headers={"Authorization": auth.encode("latin-1"), "X-Junk": raw.encode("utf-8")[:8000].replace(b"\t", b" ")})
         assert r.status_code < 500, (path, auth, r.status_code, r.text[:300])
+
+
+def test_cache_status_shows_a_read_only_disk_tier_and_a_failed_pool() -> None:
+    bad = cache_status().model_copy(update={"state": "failed", "failure": "case_11: RuntimeError: no CUDA",
+                                            "disk_tier": "read-only",
+                                            "disk_tier_error": "cannot write /tier/x.arrow (PermissionError)"})
+    [got] = TestClient(create_app(InMemorySource([bad]), ApiSettings())).get("/cache").json()
+    assert got["state"] == "failed" and got["failure"].endswith("RuntimeError: no CUDA")
+    assert got["disk_tier"] == "read-only" and got["disk_tier_error"].startswith("cannot write /tier/")
+    assert cache_status().disk_tier == "off"

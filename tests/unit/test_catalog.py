@@ -1,11 +1,15 @@
+import json
 import os
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from common.catalog import fingerprint, load_catalog
 from common.config import DataConfig, PreprocessConfig
 from common.demo_data import make_demo_data
+from common.errors import DataError
 
 
 def test_split_is_deterministic_and_disjoint(tmp_path):
@@ -50,3 +54,41 @@ def test_demo_data_is_deterministic_non_ras_and_anisotropic(tmp_path):
     assert data.min() <= -900 and data.max() >= 100  # air and enhanced tissue in HU
     lab = nib.load(tmp_path / "a" / "labelsTr/demo_000.nii.gz").get_fdata()
     assert set(np.unique(lab)) == {0, 1, 2}
+
+
+def _with_outside_file(tmp_path: Path, entry: str) -> Path:
+    """A dataset whose second case's image is ``entry`` (pointing at a file beside, not inside, the folder)."""
+    root = tmp_path / "ds"
+    root.mkdir()
+    make_demo_data(root, cases=3, size=16)
+    meta = json.loads((root / "dataset.json").read_text())
+    outside = tmp_path / "outside.nii.gz"
+    outside.write_bytes((root / meta["training"][1]["image"]).read_bytes())
+    meta["training"][1]["image"] = entry.format(outside=outside)
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+@pytest.mark.parametrize("entry", ["../outside.nii.gz", "./imagesTr/../../outside.nii.gz", "{outside}"])
+def test_paths_outside_the_dataset_folder_are_refused(tmp_path: Path, entry: str) -> None:
+    root = _with_outside_file(tmp_path, entry)
+    with pytest.raises(DataError, match=r"training\[1\]\.image .* outside the dataset folder") as info:
+        load_catalog(root)
+    assert info.value.path.endswith("dataset.json") and "data.allow_outside_paths" in str(info.value)
+    allowed = load_catalog(root, DataConfig(allow_outside_paths=True))
+    assert str(tmp_path / "outside.nii.gz") in {r.image for r in allowed.train + allowed.val}
+    by_keyword = load_catalog(root, allow_outside_paths=True)  # the loader's keyword overrides the config
+    assert by_keyword.train + by_keyword.val == allowed.train + allowed.val
+
+
+def test_symlink_resolving_outside_is_refused_inside_is_kept(tmp_path: Path) -> None:
+    root = _with_outside_file(tmp_path, "./imagesTr/link.nii.gz")
+    (root / "imagesTr" / "link.nii.gz").symlink_to(tmp_path / "outside.nii.gz")
+    with pytest.raises(DataError, match="resolves to .*outside.nii.gz, outside the dataset folder"):
+        load_catalog(root)
+    (root / "store").mkdir()
+    (tmp_path / "outside.nii.gz").rename(root / "store" / "kept.nii.gz")
+    (root / "imagesTr" / "link.nii.gz").unlink()
+    (root / "imagesTr" / "link.nii.gz").symlink_to(root / "store" / "kept.nii.gz")
+    cat = load_catalog(root)
+    assert str(root.resolve() / "store" / "kept.nii.gz") in {r.image for r in cat.train + cat.val}
