@@ -122,10 +122,13 @@ def test_bind_rules() -> None:
         ApiSettings(host="0.0.0.0", token="  ").check()
 
 
-def test_token_required_everywhere_but_healthz(source: InMemorySource) -> None:
+def test_token_required_everywhere_but_healthz_and_the_page(source: InMemorySource) -> None:
     c = TestClient(create_app(source, ApiSettings(host="0.0.0.0", token=TOKEN).check()))
     assert c.get("/healthz").json()["auth_required"] is True
-    paths = ["/", "/cache", "/cache/items", "/experiments", "/experiments/spleen-a1b2c3",
+    page = c.get("/")  # a browser cannot send a bearer header for a typed URL; the page holds no data
+    assert page.status_code == 200 and TOKEN not in page.text and "spleen-a1b2c3" not in page.text
+    assert "Authorization" in page.text and "sessionStorage" in page.text
+    paths = ["/cache", "/cache/items", "/experiments", "/experiments/spleen-a1b2c3",
              "/experiments/spleen-a1b2c3/sampler", "/metrics", "/openapi.json"]
     for path in paths:
         assert c.get(path).status_code == 401, path
