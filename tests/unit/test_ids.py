@@ -15,6 +15,8 @@ from common.errors import InvalidIdError
 from common.ids import MAX_ID_LENGTH, check_experiment_id, contained_folder
 from trainer.launcher import LaunchOptions, run_experiment
 
+LOOPBACK = "http://127.0.0.1"  # the API answers loopback Host headers only (DNS rebinding)
+
 HOSTILE = ["../../../escaped", "a/b", "..", "a..b", "/abs", "-flag", ".hidden", "x" * (MAX_ID_LENGTH + 1),
            "tab\there", "esc\x1b[31m", "", "naïve", "a b"]
 
@@ -61,7 +63,7 @@ def test_the_cli_refuses_a_hostile_config_name_before_writing_anything(tmp_path)
 
 
 def test_the_api_refuses_unsafe_ids_with_the_rule():
-    client = TestClient(create_app(InMemorySource([cache_status()])))
+    client = TestClient(create_app(InMemorySource([cache_status()])), base_url=LOOPBACK)
     for bad in ("..escaped", "a..b", "x" * 300, "%1b%5B31m", "-rf"):
         for suffix in ("", "/sampler"):
             r = client.get(f"/experiments/{bad}{suffix}")
