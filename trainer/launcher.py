@@ -185,6 +185,18 @@ def _open_experiment(cfg: ExperimentConfig, catalog: Catalog, show_progress: boo
     return cache, exp, fill_s
 
 
+def _start_validator(cfg: ExperimentConfig, fp: str, experiment_id: str, num_classes: int, in_channels: int,
+                     t_start: float, state_dir: Path, own_volumes: Any) -> Any:
+    """The experiment's validation actor, restarted in place if its process dies (calls in flight are retried
+    there); it reads its record back from ``state_dir``, so it stays on this node, where that folder is."""
+    return ray.remote(ValidationService).options(
+        name=f"validator-{experiment_id}", namespace=cfg.cache.namespace, max_concurrency=2,
+        max_restarts=VALIDATOR_MAX_RESTARTS, max_task_retries=-1,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
+        **validator_resources(cfg)).remote(cfg.to_dict(), fp, experiment_id, num_classes, in_channels, t_start,
+                                           str(state_dir), own_volumes)
+
+
 def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
     """Run one experiment on the connected Ray cluster and write its report to ``opts.out_dir``."""
     t_start = time.time()
@@ -204,15 +216,8 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
     prep = build_preprocessor(catalog, cfg.preprocessing, cfg.sampler.patch_size, cfg.cache.stats_path(), fp)
     num_classes, in_channels = catalog.num_classes, in_channels_of(catalog)
     own_volumes = None if cfg.cache.enabled else (list(catalog.val), prep)
-    # restarted in place if its process dies; calls in flight are retried there, and it reads its
-    # record back from the run folder (so it stays on this node, where that folder is)
-    state_dir = str(contained_folder(opts.out_dir / "state", experiment_id))
-    validator = ray.remote(ValidationService).options(
-        name=f"validator-{experiment_id}", namespace=cfg.cache.namespace, max_concurrency=2,
-        max_restarts=VALIDATOR_MAX_RESTARTS, max_task_retries=-1,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
-        **validator_resources(cfg)).remote(cfg.to_dict(), fp, experiment_id, num_classes, in_channels, t_start,
-                                           state_dir, own_volumes)
+    state_dir = contained_folder(opts.out_dir / "state", experiment_id)  # inside --out whatever the id
+    validator = _start_validator(cfg, fp, experiment_id, num_classes, in_channels, t_start, state_dir, own_volumes)
     resume_from = newest_loadable(opts.out_dir) if opts.resume else None
     loop_config = {"experiment": cfg.to_dict(), "experiment_handle": exp,
                    "validator_name": f"validator-{experiment_id}", "num_classes": num_classes,

@@ -52,6 +52,12 @@ def _any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item() > 0.5)
 
 
+def _require_finite(loss: float, epoch: int, cfg: Any, device: torch.device) -> None:
+    """Stop every rank in the epoch whose loss went NaN or infinite (on any rank): training on is wasted time."""
+    if _any_rank(not math.isfinite(loss), device):
+        raise NonFiniteLossError(epoch, loss, cfg.training.lr, cfg.training.amp)
+
+
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The network itself, whether or not DDP wraps it."""
     return model.module if hasattr(model, "module") else model
@@ -155,8 +161,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             stats = run_epoch(model, batches, loss_fn, optimizer, amp, scaler, device, epoch, ratio, generation,
                               stager=stager)
             stats.wait_seconds = batches.wait_seconds
-        if _any_rank(not math.isfinite(stats.loss), device):
-            raise NonFiniteLossError(epoch, stats.loss, cfg.training.lr, cfg.training.amp)
+        _require_finite(stats.loss, epoch, cfg, device)
 
         stop = False
         if rank == 0:
