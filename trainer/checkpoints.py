@@ -48,8 +48,9 @@ def load_plain(path: Path, what: str) -> Any:
         raise DataError(str(path), f"refused to load this {what}: it holds pickled objects, not only tensors "
                                    "and plain data, and unpickling them could run code; use a file written "
                                    f"by smartcache train ({str(err).splitlines()[0]})") from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
-        raise DataError(str(path), f"{what} is truncated or corrupt ({str(err).splitlines()[0]})") from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:  # torch reports a cut zip as EINVAL too
+        detail = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+        raise DataError(str(path), f"{what} is truncated, corrupt or unreadable ({detail})") from err
 
 
 def load_checkpoint(folder: str | Path) -> dict[str, Any]:

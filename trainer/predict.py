@@ -44,9 +44,14 @@ def save_model_file(path: Path, weights: dict[str, torch.Tensor], cfg: Experimen
                                       "there or use another --out") from err
 
 
-def _image_chain(cfg: ExperimentConfig, norm: str, stats: str | None) -> Compose:
+def _plain(value: str | dict | None) -> dict | None:
+    """A JSON field of the model file; files written before it held JSON text have the dict itself."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _image_chain(cfg: ExperimentConfig, norm: str, stats: dict | None) -> Compose:
     """The training chain without the label: same orientation, spacing and normalisation."""
-    intensity = IntensityStats(**json.loads(stats)) if stats is not None else None
+    intensity = IntensityStats(**stats) if stats is not None else None
     return Compose([*spatial_steps(cfg.preprocessing, ["image"], "bilinear"),
                     *normalization_steps(cfg.preprocessing, norm, intensity)])
 
@@ -61,12 +66,12 @@ class Predictor:
         if not path.is_file():
             raise DataError(str(path), "model file not found (smartcache train writes OUT/model.pt)")
         state = load_plain(path, "model file")
-        self.cfg = config_from_dict(json.loads(state["config"]))
+        self.cfg = config_from_dict(_plain(state["config"]))
         self.num_classes, self.labels = int(state["num_classes"]), tuple(state["labels"])
         self.device = torch.device(device)
         self.model = build_model(self.cfg.training, int(state["in_channels"]), self.num_classes).to(self.device)
         self.model.load_state_dict({k.removeprefix("module."): v for k, v in state["weights"].items()})
-        self.chain = _image_chain(self.cfg, state["normalization"], state["stats"])
+        self.chain = _image_chain(self.cfg, state["normalization"], _plain(state["stats"]))
 
     def segment(self, image_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         """(label map on the input's grid as uint8, the input's affine)."""

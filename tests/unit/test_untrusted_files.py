@@ -93,7 +93,7 @@ def test_resume_skips_a_truncated_newest_checkpoint(tmp_path, capsys):
     chosen = newest_loadable(tmp_path)
     assert chosen is not None and Path(chosen.path) == older
     warning = capsys.readouterr().out
-    assert f"skipping checkpoint {newest}" in warning and "truncated or corrupt" in warning
+    assert f"skipping checkpoint {newest}" in warning and "truncated, corrupt or unreadable" in warning
 
 
 def test_resume_takes_the_newest_checkpoint_when_it_loads(tmp_path):
@@ -118,3 +118,21 @@ def test_a_full_disk_while_checkpointing_names_the_path_and_keeps_the_old_file(t
         write_checkpoint(tmp_path, _training_state(1))
     assert (tmp_path / CHECKPOINT_FILE).read_bytes() == before
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_a_model_file_from_before_json_fields_still_loads(tmp_path):
+    """Files written when config and statistics were dicts hold plain data too, so they load as before."""
+    cfg = load_config(None, TINY)
+    torch.save({"weights": build_model(cfg.training, 1, 2).state_dict(), "config": cfg.to_dict(), "num_classes": 2,
+                "in_channels": 1, "labels": ["background", "box"], "normalization": "ct",
+                "stats": {"lower": -100.0, "upper": 240.0, "percentiles": (0.5, 99.5), "num_volumes": 3}},
+               tmp_path / "model.pt")
+    assert Predictor(tmp_path / "model.pt").cfg == cfg
+
+
+def test_an_unreadable_or_missing_file_is_named(tmp_path):
+    with pytest.raises(DataError, match=f"{tmp_path / CHECKPOINT_FILE}: checkpoint is missing"):
+        load_checkpoint(tmp_path)
+    (tmp_path / CHECKPOINT_FILE).mkdir()  # a directory where the file should be: the read fails with an OSError
+    with pytest.raises(DataError, match="checkpoint is truncated, corrupt or unreadable"):
+        load_checkpoint(tmp_path)
