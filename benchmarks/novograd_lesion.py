@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from common.catalog import load_catalog
-from common.config import config_from_dict
 from common.preprocess import build_preprocessor
 from common.sampling import sample_crops
-from trainer.model import build_loss, build_model
+from trainer.model import build_loss
+from trainer.predict import Predictor
 
 
 def _output_row(model: torch.nn.Module, c: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,12 +65,10 @@ def main() -> None:
     parser.add_argument("--crops", type=int, default=4)
     args = parser.parse_args()
     torch.manual_seed(0)
-    state = torch.load(args.model, map_location="cpu", weights_only=False)
-    cfg = config_from_dict(state["config"])
+    predictor = Predictor(args.model)  # reads model.pt with weights_only=True
+    cfg, model = predictor.cfg, predictor.model
     catalog = load_catalog(args.data, cfg.data)
     prep = build_preprocessor(catalog, cfg.preprocessing, cfg.sampler.patch_size, cfg.cache.stats_path())
-    model = build_model(cfg.training, int(state["in_channels"]), int(state["num_classes"]))
-    model.load_state_dict({k.removeprefix("module."): v for k, v in state["weights"].items()})
     rng = np.random.default_rng(0)
     images, labels = [], []
     for record in catalog.train:

@@ -98,3 +98,24 @@ def describe_error(err: BaseException) -> str:
     """``Type: message`` of the root cause (a DataError's own text, which names its file)."""
     root = root_cause(err)
     return str(root) if isinstance(root, SmartCacheError) else f"{type(root).__name__}: {root}"
+
+class InvalidIdError(SmartCacheError, ValueError):
+    """An id (experiment id, config ``name``) outside the safe character set: it would end up in paths and URLs."""
+
+    def __init__(self, what: str, value: str, rule: str) -> None:
+        self.what, self.value, self.rule = what, value, rule
+        super().__init__(what, value, rule)
+
+    def __str__(self) -> str:
+        return f"{self.what} {self.value!r} is invalid: {self.rule}"
+
+
+class StorageError(SmartCacheError, OSError):
+    """Writing a file failed (disk full, permissions): the message names the path and what to free or fix."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path, self.problem = str(path), problem
+        super().__init__(str(path), problem)
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}"

@@ -17,16 +17,18 @@ from typing import Any
 
 import ray
 import ray.train
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
-
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cache_service.sdk import Experiment, SmartCache
 from common.catalog import Catalog, fingerprint, load_catalog
 from common.config import ExperimentConfig
-from common.errors import CacheUnavailableError, ConfigError, SmartCacheError
+from common.errors import CacheUnavailableError, ConfigError
+from common.ids import check_experiment_id, contained_folder
 from common.preprocess import build_preprocessor
+from trainer.checkpoints import newest_loadable
+from trainer.failures import TrainingFailedError, WorkerFailureNote
 from trainer.predict import MODEL_FILE, save_model_file
 from trainer.report import (RunReport, count_restarts, format_summary, plot_case, plot_curves, write_jsonl,
                             write_tensorboard)
@@ -35,32 +37,6 @@ from trainer.worker import train_loop_per_worker
 
 
 VALIDATOR_MAX_RESTARTS = 5
-
-
-class WorkerFailureNote(UserCallback):
-    """Runs in Ray Train's controller: tells the validation actor why workers failed, for the restart record."""
-
-    def __init__(self, validator_name: str, namespace: str) -> None:
-        self.validator_name, self.namespace = validator_name, namespace
-
-    def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
-        cause = "; ".join(f"rank {rank}: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
-                          for rank, err in sorted(worker_exceptions.items()))
-        try:
-            ray.get_actor(self.validator_name, namespace=self.namespace).note_trainer_failure.remote(cause)
-        except ValueError:  # the validation actor is gone: the restart is still recorded, without its cause
-            pass
-
-
-class TrainingFailedError(SmartCacheError, RuntimeError):
-    """Training stopped for a reason the user must see (the cause is chained)."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
-
-    def __str__(self) -> str:
-        return self.reason
 
 
 @dataclass(frozen=True)
@@ -104,13 +80,6 @@ def validator_resources(cfg: ExperimentConfig) -> dict[str, float]:
     return {"num_cpus": cfg.validation.num_cpus, "num_gpus": cfg.validation.gpus_for(cfg.training.use_gpu)}
 
 
-def latest_checkpoint(out_dir: Path) -> ray.train.Checkpoint | None:
-    # checkpoint folders only: Ray Train also writes checkpoint_manager_snapshot.json beside them
-    candidates = sorted((p for p in (out_dir / "ray_results").glob("*/checkpoint_*") if p.is_dir()),
-                        key=lambda p: p.stat().st_mtime)
-    return ray.train.Checkpoint.from_directory(str(candidates[-1])) if candidates else None
-
-
 def _worker_resources(cfg: ExperimentConfig) -> dict[str, float]:
     resources = {"CPU": cfg.training.worker_num_cpus}
     if cfg.training.use_gpu:
@@ -118,7 +87,7 @@ def _worker_resources(cfg: ExperimentConfig) -> dict[str, float]:
     return resources
 
 
-def _trainer(cfg: ExperimentConfig, loop_config: dict[str, Any], out_dir: Path, name: str) -> TorchTrainer:
+def _trainer(cfg: ExperimentConfig, loop_config: dict[str, Any], name: str) -> TorchTrainer:
     """DDP workers; a failed worker makes Ray Train restart the group from the last checkpoint (max_failures)."""
     backend = "nccl" if cfg.training.use_gpu else "gloo"
     return TorchTrainer(
@@ -127,7 +96,7 @@ def _trainer(cfg: ExperimentConfig, loop_config: dict[str, Any], out_dir: Path, 
         torch_config=TorchConfig(backend=backend),
         scaling_config=ScalingConfig(num_workers=cfg.training.num_workers, use_gpu=cfg.training.use_gpu,
                                      resources_per_worker=_worker_resources(cfg)),
-        run_config=RunConfig(name=name, storage_path=str((out_dir / "ray_results").resolve()),
+        run_config=RunConfig(name=name, storage_path=loop_config["storage_path"],
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              failure_config=FailureConfig(max_failures=cfg.training.max_failures),
                              callbacks=[WorkerFailureNote(loop_config["validator_name"], cfg.cache.namespace)]),
@@ -216,9 +185,22 @@ def _open_experiment(cfg: ExperimentConfig, catalog: Catalog, show_progress: boo
     return cache, exp, fill_s
 
 
+def _start_validator(cfg: ExperimentConfig, fp: str, experiment_id: str, num_classes: int, in_channels: int,
+                     t_start: float, state_dir: Path, own_volumes: Any) -> Any:
+    """The experiment's validation actor, restarted in place if its process dies (calls in flight are retried
+    there); it reads its record back from ``state_dir``, so it stays on this node, where that folder is."""
+    return ray.remote(ValidationService).options(
+        name=f"validator-{experiment_id}", namespace=cfg.cache.namespace, max_concurrency=2,
+        max_restarts=VALIDATOR_MAX_RESTARTS, max_task_retries=-1,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
+        **validator_resources(cfg)).remote(cfg.to_dict(), fp, experiment_id, num_classes, in_channels, t_start,
+                                           str(state_dir), own_volumes)
+
+
 def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
     """Run one experiment on the connected Ray cluster and write its report to ``opts.out_dir``."""
     t_start = time.time()
+    check_experiment_id(cfg.name, "experiment name (config field 'name')")
     catalog = load_catalog(cfg.data.dataset_dir, cfg.data)
     if not catalog.val:
         raise ConfigError("data.val_fraction", cfg.data.val_fraction, "a split with at least one validation case")
@@ -234,25 +216,19 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
     prep = build_preprocessor(catalog, cfg.preprocessing, cfg.sampler.patch_size, cfg.cache.stats_path(), fp)
     num_classes, in_channels = catalog.num_classes, in_channels_of(catalog)
     own_volumes = None if cfg.cache.enabled else (list(catalog.val), prep)
-    # restarted in place if its process dies; calls in flight are retried there, and it reads its
-    # record back from the run folder (so it stays on this node, where that folder is)
-    state_dir = str((opts.out_dir / "state" / experiment_id).resolve())
-    validator = ray.remote(ValidationService).options(
-        name=f"validator-{experiment_id}", namespace=cfg.cache.namespace, max_concurrency=2,
-        max_restarts=VALIDATOR_MAX_RESTARTS, max_task_retries=-1,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
-        **validator_resources(cfg)).remote(cfg.to_dict(), fp, experiment_id, num_classes, in_channels, t_start,
-                                           state_dir, own_volumes)
-    resume_from = latest_checkpoint(opts.out_dir) if opts.resume else None
+    state_dir = contained_folder(opts.out_dir / "state", experiment_id)  # inside --out whatever the id
+    validator = _start_validator(cfg, fp, experiment_id, num_classes, in_channels, t_start, state_dir, own_volumes)
+    resume_from = newest_loadable(opts.out_dir) if opts.resume else None
     loop_config = {"experiment": cfg.to_dict(), "experiment_handle": exp,
                    "validator_name": f"validator-{experiment_id}", "num_classes": num_classes,
                    "in_channels": in_channels, "t_start": t_start,
-                   "resume_from": resume_from.path if resume_from is not None else None}
+                   "resume_from": resume_from.path if resume_from is not None else None,
+                   "storage_path": str((opts.out_dir / "ray_results").resolve())}
     if not cfg.cache.enabled:  # the baseline: workers prepare every volume again every epoch
         loop_config["records"] = list(catalog.train)
         loop_config["preprocessor"] = prep
     try:
-        result = _fit_with_progress(_trainer(cfg, loop_config, opts.out_dir, experiment_id), validator, cfg,
+        result = _fit_with_progress(_trainer(cfg, loop_config, experiment_id), validator, cfg,
                                     opts.show_progress)
         _raise_if_failed(result)
         rows = ray.get(validator.train_rows.remote())

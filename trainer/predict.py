@@ -8,9 +8,9 @@ the input's original grid and affine, so it overlays the input in any viewer.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -18,10 +18,12 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, SpatialResample
 
+from common.atomic import atomic_write
 from common.config import ExperimentConfig, config_from_dict
-from common.errors import DataError
+from common.errors import DataError, StorageError
 from common.nifti import read_nifti
 from common.preprocess import IntensityStats, normalization_steps, spatial_steps
+from trainer.checkpoints import load_plain
 from trainer.model import build_model
 from trainer.validation import predict_volume
 
@@ -30,13 +32,24 @@ MODEL_FILE = "model.pt"
 
 def save_model_file(path: Path, weights: dict[str, torch.Tensor], cfg: ExperimentConfig, num_classes: int,
                     in_channels: int, labels: tuple[str, ...], norm: str, stats: IntensityStats | None) -> None:
-    """Everything ``predict`` needs to redo the training-time preprocessing exactly."""
-    torch.save({"weights": weights, "config": cfg.to_dict(), "num_classes": num_classes,
-                "in_channels": in_channels, "labels": list(labels), "normalization": norm,
-                "stats": asdict(stats) if stats is not None else None}, path)
+    """Everything ``predict`` needs to redo the training-time preprocessing exactly: tensors and plain data
+    only (config and statistics as JSON text), so it loads with ``weights_only=True``; written atomically."""
+    body = {"weights": weights, "config": json.dumps(cfg.to_dict()), "num_classes": num_classes,
+            "in_channels": in_channels, "labels": list(labels), "normalization": norm,
+            "stats": json.dumps(asdict(stats)) if stats is not None else None}
+    try:
+        atomic_write(path, lambda fh: torch.save(body, fh), "wb")
+    except OSError as err:
+        raise StorageError(str(path), f"could not write the model file ({err.strerror or err}); free space "
+                                      "there or use another --out") from err
 
 
-def _image_chain(cfg: ExperimentConfig, norm: str, stats: dict[str, Any] | None) -> Compose:
+def _plain(value: str | dict | None) -> dict | None:
+    """A JSON field of the model file; files written before it held JSON text have the dict itself."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _image_chain(cfg: ExperimentConfig, norm: str, stats: dict | None) -> Compose:
     """The training chain without the label: same orientation, spacing and normalisation."""
     intensity = IntensityStats(**stats) if stats is not None else None
     return Compose([*spatial_steps(cfg.preprocessing, ["image"], "bilinear"),
@@ -52,13 +65,13 @@ class Predictor:
             path = path / MODEL_FILE
         if not path.is_file():
             raise DataError(str(path), "model file not found (smartcache train writes OUT/model.pt)")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        self.cfg = config_from_dict(state["config"])
+        state = load_plain(path, "model file")
+        self.cfg = config_from_dict(_plain(state["config"]))
         self.num_classes, self.labels = int(state["num_classes"]), tuple(state["labels"])
         self.device = torch.device(device)
         self.model = build_model(self.cfg.training, int(state["in_channels"]), self.num_classes).to(self.device)
         self.model.load_state_dict({k.removeprefix("module."): v for k, v in state["weights"].items()})
-        self.chain = _image_chain(self.cfg, state["normalization"], state["stats"])
+        self.chain = _image_chain(self.cfg, state["normalization"], _plain(state["stats"]))
 
     def segment(self, image_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         """(label map on the input's grid as uint8, the input's affine)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import unicodedata
 from typing import Any
 
 from cache_service.api.errors import ApiError
@@ -47,13 +48,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.data:
         _start_cache(args)
     if args.foreground:
-        print(f"serving {server.public_url(settings)} (namespace '{settings.namespace}'); Ctrl-C stops it")
+        url = server.public_url(settings)
+        print(f"serving {url} (namespace '{settings.namespace}'), dashboard {_dashboard_hint(url, settings)}; "
+              "Ctrl-C stops it")
         server.serve_foreground(settings)
         return 0
     url = server.start_api(settings.host, settings.port, settings.token, settings.namespace)
     print(f"status API running at {url} (actor '{server.API_ACTOR}' in namespace '{settings.namespace}')")
-    print(f"dashboard: {url}/   metrics: {url}/metrics   stop it with: smartcache stop")
+    print(f"dashboard: {_dashboard_hint(url, settings)}   metrics: {url}/metrics   stop it with: smartcache stop")
     return 0
+
+
+def _dashboard_hint(url: str, settings: ApiSettings) -> str:
+    """How to open the page; with a token, in the URL fragment (the browser never sends it) or in the page's form.
+    The token itself is not printed: it would end up in logs."""
+    if not settings.token:
+        return f"{url}/"
+    return f"{url}/#token=<your token> (or open {url}/ and enter it)"
 
 
 def _start_cache(args: argparse.Namespace) -> None:
@@ -79,7 +90,8 @@ def _serve_demo(settings: ApiSettings) -> int:
     from cache_service.api.samples import cache_status
     from cache_service.api.source import InMemorySource
 
-    print(f"serving example data at http://{settings.host}:{settings.port}/ ; Ctrl-C stops it")
+    url = f"http://{settings.host}:{settings.port}"
+    print(f"serving example data at {_dashboard_hint(url, settings)} ; Ctrl-C stops it")
     uvicorn.run(create_app(InMemorySource([cache_status()]), settings), host=settings.host, port=settings.port,
                 log_level="warning")
     return 0
@@ -149,11 +161,17 @@ def _experiment_table(experiments: list[dict[str, Any]]) -> list[str]:
             for r in rows]
 
 
+def printable(text: str) -> str:
+    """``text`` with control and format characters (ESC, CR, bidi overrides...) written as escapes, so an id
+    chosen by someone else cannot move the cursor, recolour or rewrite the operator's terminal."""
+    return "".join(repr(ch)[1:-1] if unicodedata.category(ch).startswith("C") else ch for ch in text)
+
+
 def format_status(caches: list[dict[str, Any]]) -> str:
-    """The /cache answer as a readable table (one block per cache)."""
+    """The /cache answer as a readable table (one block per cache); every line goes through :func:`printable`."""
     if not caches:
         return "no cache is running in this namespace"
-    blocks = ["\n".join(_cache_lines(c) + _experiment_lines(c["experiments"])) for c in caches]
+    blocks = ["\n".join(map(printable, _cache_lines(c) + _experiment_lines(c["experiments"]))) for c in caches]
     return "\n\n".join(blocks)
 
 
@@ -164,11 +182,29 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 # ---- stop ----------------------------------------------------------------------------------
+def _attached(namespace: str) -> list[str]:
+    """``cache <fingerprint>: <experiment id>`` for every experiment attached to a cache of ``namespace``."""
+    from cache_service.api.ray_source import RaySource
+    from common.errors import CacheUnavailableError
+
+    try:
+        caches = RaySource(namespace).caches()
+    except CacheUnavailableError as err:  # cannot tell who is attached: only --force may stop it
+        return [f"(unknown: {err})"]
+    return [f"cache {c.fingerprint}: {e.experiment_id}" for c in caches for e in c.experiments]
+
+
 def cmd_stop(args: argparse.Namespace) -> int:
     from cache_service.api.server import API_ACTOR, stop_api
     from cache_service.client import stop_caches
 
     _connect_ray(args.address)
+    attached = [printable(a) for a in _attached(args.namespace)]
+    if attached and not args.force:
+        raise ApiError(f"{len(attached)} experiment(s) are attached in namespace '{args.namespace}' and would lose "
+                       f"their cache: {'; '.join(attached)}. Let them finish, or stop anyway with --force")
+    if attached:
+        print(f"detaching {len(attached)} experiment(s): {'; '.join(attached)}")
     stopped = [API_ACTOR] if stop_api(args.namespace) else []
     stopped += stop_caches(args.namespace)
     print(f"stopped {', '.join(stopped)}" if stopped else f"nothing running in namespace '{args.namespace}'")
@@ -221,9 +257,12 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
 def _add_stop(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stop", help="stop the status API and every cache in the namespace",
                        description="Stop the 'smartcache-api' actor and every cache actor (smartcache-<fingerprint>) "
-                                   "in the namespace; the object-store copies they own are freed.")
+                                   "in the namespace; the object-store copies they own are freed. While experiments "
+                                   "are attached it lists them and stops nothing unless --force is given.")
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or auto)")
     _namespace_arg(p)
+    p.add_argument("--force", action="store_true",
+                   help="stop even while experiments are attached (they are listed; their runs lose the cache)")
     p.set_defaults(handler=cmd_stop)
 
 

@@ -10,6 +10,7 @@ others whether the target Dice has been reached.
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -23,13 +24,14 @@ import torch.distributed as dist
 
 from cache_service.sdk import Experiment
 from common.config import config_from_dict
+from common.errors import StorageError
+from trainer.checkpoints import load_checkpoint, write_checkpoint
 from trainer.device_crops import DeviceVolumes
+from trainer.failures import NonFiniteLossError
 from trainer.loader import PreprocessingBatchStream
 from trainer.model import AmpPolicy, build_loss, build_model, build_optimizer
 from trainer.staging import DeviceStager
 from trainer.steps import run_epoch, seed_everything
-
-CHECKPOINT_FILE = "state.pt"
 
 
 def _agree(flag: bool, device: torch.device) -> bool:
@@ -39,6 +41,21 @@ def _agree(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.broadcast(t, src=0)
     return bool(t.item() > 0.5)
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank if it is true on any, so all ranks stop together instead of waiting in a collective."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0.5)
+
+
+def _require_finite(loss: float, epoch: int, cfg: Any, device: torch.device) -> None:
+    """Stop every rank in the epoch whose loss went NaN or infinite (on any rank): training on is wasted time."""
+    if _any_rank(not math.isfinite(loss), device):
+        raise NonFiniteLossError(epoch, loss, cfg.training.lr, cfg.training.amp)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -60,7 +77,7 @@ def _restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: t
     if checkpoint is None:
         return 0
     with checkpoint.as_directory() as d:
-        state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+        state = load_checkpoint(d)
     _unwrap(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
@@ -68,15 +85,21 @@ def _restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: t
 
 
 def _report(metrics: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-            scaler: torch.amp.GradScaler, rank: int) -> None:
-    """Every rank reports; rank 0 attaches the checkpoint (model, optimiser, scaler, epoch)."""
+            scaler: torch.amp.GradScaler, rank: int, storage: str) -> None:
+    """Every rank reports; rank 0 attaches the checkpoint (model, optimiser, scaler, epoch), which Ray Train
+    copies under ``storage`` (the run folder)."""
     if rank != 0:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as d:
-        torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(), "epoch": metrics["epoch"]}, Path(d) / CHECKPOINT_FILE)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        write_checkpoint(Path(d), {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                                   "scaler": scaler.state_dict(), "epoch": metrics["epoch"]})
+        try:  # Ray Train copies the folder into the run folder here; a full disk fails in that copy
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        except OSError as err:
+            where = err.filename or storage
+            raise StorageError(str(where), f"could not store the epoch {metrics['epoch']} checkpoint "
+                                           f"({err.strerror or err}); free space there or use another --out") from err
 
 
 def _shared_ratio(validator: Any, rank: int, device: torch.device) -> float:
@@ -138,6 +161,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             stats = run_epoch(model, batches, loss_fn, optimizer, amp, scaler, device, epoch, ratio, generation,
                               stager=stager)
             stats.wait_seconds = batches.wait_seconds
+        _require_finite(stats.loss, epoch, cfg, device)
 
         stop = False
         if rank == 0:
@@ -166,7 +190,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         validator.record_train.remote(metrics)
         last = stop or epoch == cfg.training.epochs - 1
         if last or (epoch + 1) % cfg.training.checkpoint_every == 0:
-            _report(metrics, model, optimizer, scaler, rank)  # a collective: every rank takes this branch
+            # a collective: every rank takes this branch
+            _report(metrics, model, optimizer, scaler, rank, config["storage_path"])
         if stop:
             break
     if pending is not None:

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from cache_service.api.deps import require_token
 from cache_service.api.routes import cache, dashboard, experiments, health, metrics
@@ -34,6 +35,9 @@ def create_app(source: StatusSource, settings: ApiSettings | None = None) -> Fas
         app.include_router(module.router)
     app.add_exception_handler(UnknownItemError, _not_found)
     app.add_exception_handler(CacheUnavailableError, _unavailable)
+    hosts = settings.trusted_hosts()
+    if hosts is not None:  # against DNS rebinding: a loopback API answers loopback Host headers only
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False)
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_token)])
     def openapi() -> dict[str, Any]:

@@ -2,6 +2,12 @@
 
 The script builds every node with ``textContent`` / ``createElementNS`` (never ``innerHTML``
 with data), so item and experiment ids cannot inject markup.
+
+The page itself holds no data and no secret, so it is served without a token; its fetches
+of ``/cache`` and ``/cache/items`` carry ``Authorization: Bearer``. A browser cannot add that
+header to a typed URL, so the page takes the token from the URL fragment (``/#token=...``,
+which the browser never sends to the server), or from a small form shown after a 401,
+keeps it in ``sessionStorage`` (this tab only) and removes it from the address bar.
 """
 
 from __future__ import annotations
@@ -21,11 +27,14 @@ main{padding:12px 20px} .card{background:#fff;border-radius:6px;box-shadow:0 1px
 .legend span{display:inline-block;margin-right:14px;font-size:12px} .legend i{display:inline-block;width:10px;height:10px;margin-right:4px;border-radius:2px}
 .exps{display:flex;flex-wrap:wrap;gap:14px} .exp{border:1px solid #dde;border-radius:6px;padding:8px 10px}
 .muted{color:#778;font-size:12px} .warn{color:#b35900}
+#login{display:none;background:#fff;padding:10px 20px;border-bottom:1px solid #dde} #login input{width:22em}
 svg text{font:11px system-ui,sans-serif}
 </style></head>
 <body>
 <header><h1>SmartCache</h1><span id="summary"></span><span id="updated">loading…</span></header>
 <div id="error"></div>
+<form id="login"><label>API token <input id="token" type="password" autocomplete="off" required></label>
+<button type="submit">open</button> <span class="muted">kept in this tab only (sessionStorage)</span></form>
 <main id="caches"><p class="muted">waiting for the first answer from the API…</p></main>
 <script>
 "use strict";
@@ -144,8 +153,33 @@ function cacheCard(c, items) {
   return card;
 }
 
+const TOKEN_KEY = "smartcache-token";
+function takeTokenFromFragment() {
+  const m = /(?:^#|&)token=([^&]*)/.exec(location.hash);
+  if (!m) return;
+  sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
+  history.replaceState(null, "", location.pathname + location.search);  // the token leaves the address bar
+}
+function authHeaders() {
+  const t = sessionStorage.getItem(TOKEN_KEY);
+  return t ? {Authorization: "Bearer " + t} : {};
+}
+function askForToken(wrong) {
+  const form = document.getElementById("login");
+  form.style.display = "block";
+  form.querySelector("span").textContent = wrong ? "that token was refused; kept in this tab only" : "kept in this tab only (sessionStorage)";
+}
+document.getElementById("login").addEventListener("submit", ev => {
+  ev.preventDefault();
+  sessionStorage.setItem(TOKEN_KEY, document.getElementById("token").value);
+  document.getElementById("login").style.display = "none";
+  refresh();
+});
+
+class Unauthorized extends Error {}
 async function getJSON(path) {
-  const r = await fetch(path, {cache: "no-store", credentials: "same-origin"});
+  const r = await fetch(path, {cache: "no-store", credentials: "same-origin", headers: authHeaders()});
+  if (r.status === 401) throw new Unauthorized(`${path}: HTTP 401 (the API wants a token)`);
   if (!r.ok) throw new Error(`${path}: HTTP ${r.status} ${(await r.text()).slice(0, 200)}`);
   return r.json();
 }
@@ -163,9 +197,11 @@ async function refresh() {
     document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
     err.style.display = "none";
   } catch (e) {
+    if (e instanceof Unauthorized) askForToken(sessionStorage.getItem(TOKEN_KEY) !== null);
     err.textContent = String(e.message || e); err.style.display = "block";
   }
 }
+takeTokenFromFragment();
 refresh();
 setInterval(refresh, REFRESH_MS);
 </script>

@@ -10,9 +10,10 @@ from fastapi import Depends, Header, HTTPException, Path, Query, Request, status
 from cache_service.api.settings import ApiSettings
 from cache_service.api.source import StatusSource
 from cache_service.status import CacheStatus
+from common.errors import InvalidIdError
+from common.ids import check_experiment_id
 
 FINGERPRINT_PATTERN = r"^[0-9a-f]{1,64}$"
-MAX_ID_LENGTH = 256
 
 
 def get_source(request: Request) -> StatusSource:
@@ -42,7 +43,15 @@ Authorized = [Depends(require_token)]
 
 FingerprintQuery = Annotated[str | None, Query(
     pattern=FINGERPRINT_PATTERN, description="only the cache with this fingerprint (lowercase hex); default: all")]
-ExperimentId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, description="experiment id")]
+def experiment_id_path(experiment_id: Annotated[str, Path(description="experiment id")]) -> str:
+    """The id from the URL, refused with 422 (naming the id and the rule) unless it is a safe id."""
+    try:
+        return check_experiment_id(experiment_id)
+    except InvalidIdError as err:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(err)) from err
+
+
+ExperimentId = Annotated[str, Depends(experiment_id_path)]
 
 
 def selected_caches(source: SourceDep, fingerprint: FingerprintQuery = None) -> list[CacheStatus]:

@@ -56,6 +56,10 @@ class SmartCacheApi:
             time.sleep(0.05)
         return public_url(self.settings, ray.util.get_node_ip_address())
 
+    def differences(self, requested: ApiSettings) -> list[str]:
+        """How this server differs from ``requested`` (empty: it is what a second ``serve`` asks for)."""
+        return self.settings.differences(requested)
+
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=5)
@@ -69,6 +73,7 @@ def start_api(host: str, port: int, token: str | None, namespace: str) -> str:
     from cache_service.client import call
 
     settings = ApiSettings(host=host, port=port, token=token, namespace=namespace).check()
+    _refuse_if_running_otherwise(settings)
     here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
     handle = ray.remote(SmartCacheApi).options(
         name=API_ACTOR, namespace=namespace, lifetime="detached", get_if_exists=True, num_cpus=0,
@@ -78,6 +83,23 @@ def start_api(host: str, port: int, token: str | None, namespace: str) -> str:
     except ApiError:
         ray.kill(handle, no_restart=True)
         raise
+
+
+def _refuse_if_running_otherwise(settings: ApiSettings) -> None:
+    """An API already running in the namespace with other settings is named, never returned in their place."""
+    import ray
+
+    from cache_service.client import call
+
+    try:
+        running = ray.get_actor(API_ACTOR, namespace=settings.namespace)
+    except ValueError:
+        return
+    differ = call(running, "differences", settings, timeout_s=START_TIMEOUT_S, name=API_ACTOR)
+    if differ:
+        raise ApiError(f"an API is already running in namespace '{settings.namespace}' with {', '.join(differ)}; "
+                       "it was left as it is. Stop it first (smartcache stop --namespace "
+                       f"{settings.namespace} --force, which also stops that namespace's caches), then serve again")
 
 
 def stop_api(namespace: str) -> bool:

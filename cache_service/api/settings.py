@@ -7,6 +7,7 @@ server bound to a non-loopback address without one.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 
 from pydantic import BaseModel, Field
@@ -52,3 +53,26 @@ class ApiSettings(BaseModel):
     @property
     def auth_required(self) -> bool:
         return bool(self.token)
+
+    def differences(self, requested: "ApiSettings") -> list[str]:
+        """How a running server (``self``) differs from what a second ``serve`` asks for, in words; a
+        server on 127.0.0.1 must not silently stand in for one asked on 0.0.0.0 with a token."""
+        out = [f"{k} {getattr(self, k)} (asked {getattr(requested, k)})" for k in ("host", "port", "namespace")
+               if getattr(self, k) != getattr(requested, k)]
+        mine, asked = (self.token or "").encode("utf-8"), (requested.token or "").encode("utf-8")
+        if not hmac.compare_digest(mine, asked):
+            out.append("no token (asked with one)" if not mine else
+                       "a different token" if asked else "a token (asked without one)")
+        return out
+
+    def trusted_hosts(self) -> list[str] | None:
+        """Host headers a loopback server answers (None: no check, for a non-loopback bind behind a token).
+
+        A web page on another site can make the browser resolve its own name to 127.0.0.1 (DNS
+        rebinding) and read a token-less loopback API; the browser still sends that site's name
+        as ``Host``, so answering only loopback names (and the bound host) closes the hole.
+        """
+        if not is_loopback(self.host):
+            return None
+        bound = f"[{self.host.strip('[]')}]" if ":" in self.host else self.host
+        return sorted({"localhost", "127.0.0.1", "[::1]", bound.lower()})

@@ -34,6 +34,7 @@ from cache_service.status import CacheStatus, ExperimentStatus, SamplerReport
 from common.catalog import Catalog, fingerprint, load_catalog
 from common.chain import UserChain, split_user_chain
 from common.config import AugmentConfig, ExperimentConfig, SamplerConfig, config_from_dict
+from common.ids import check_experiment_id
 from common.preprocess import Preprocessor
 from common.volume import PreparedVolume
 from trainer.device_crops import DeviceVolumes
@@ -246,7 +247,7 @@ class SmartCache:
                                     suffix=self.chain.suffix if self.chain is not None else None)
         settings = settings.with_overrides(patch_size=patch_size, batch_size=batch_size,
                                            samples_per_volume=samples_per_volume, steps=steps)
-        experiment_id = f"{name}-{uuid.uuid4().hex[:6]}" if unique else name
+        experiment_id = check_experiment_id(f"{name}-{uuid.uuid4().hex[:6]}" if unique else name)
         details = {"name": name, "initial_ratio": settings.sampler.initial_ratio,
                    "patch_size": list(settings.sampler.patch_size), **(info or {})}
         return Experiment(self.fingerprint, cfg.cache.namespace, experiment_id, settings, self.catalog.num_classes,

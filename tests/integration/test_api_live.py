@@ -10,10 +10,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cache_service.api import ApiSettings, create_app
+from cache_service.api.errors import ApiError
 from cache_service.api.ray_source import RaySource
 from cache_service.api.server import start_api, stop_api
 from cache_service.client import call, wait_until_ready
 from trainer.service_commands import cmd_stop
+
+LOOPBACK = "http://127.0.0.1"  # the API answers loopback Host headers only (DNS rebinding)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -30,7 +33,7 @@ def test_api_shows_a_live_cache_and_its_experiment(make_cache, demo_root, config
     wait_until_ready(handle, timeout_s=90, progress=False)
     call(handle, "register", "live-exp", {"world_size": 1})
     call(handle, "publish_sampler", "live-exp", 1.5, 0.01, 0.03, [0.7], 0.7, 1)
-    client = TestClient(create_app(RaySource(ns), ApiSettings(namespace=ns)))
+    client = TestClient(create_app(RaySource(ns), ApiSettings(namespace=ns)), base_url=LOOPBACK)
 
     [cache] = client.get("/cache").json()
     assert cache["fingerprint"] == fp and cache["state"] == "ready"
@@ -48,8 +51,15 @@ def test_api_shows_a_live_cache_and_its_experiment(make_cache, demo_root, config
     try:
         assert httpx.get(f"{url}/healthz", timeout=10).json()["status"] == "ok"
         assert httpx.get(f"{url}/cache", timeout=10).json()[0]["pool"] == cache["pool"]
-        assert start_api("127.0.0.1", 1, None, ns) == url  # already running: the same actor answers
+        assert start_api("127.0.0.1", int(url.rsplit(":", 1)[1]), None, ns) == url  # already running, as asked
+        with pytest.raises(ApiError, match="already running in namespace .* with host 127.0.0.1 \\(asked 0.0.0.0\\)"
+                                           ", port .*, no token \\(asked with one\\); it was left as it is"):
+            start_api("0.0.0.0", 1, "X", ns)  # never the loopback one in place of a public one with a token
+        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200  # and the running one is untouched
+        with pytest.raises(ApiError, match="1 experiment\\(s\\) are attached .*: cache [0-9a-f]+: live-exp"):
+            cmd_stop(argparse.Namespace(address=None, namespace=ns, force=False))
+        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
     finally:
-        assert cmd_stop(argparse.Namespace(address=None, namespace=ns)) == 0  # API actor and the cache
+        assert cmd_stop(argparse.Namespace(address=None, namespace=ns, force=True)) == 0  # API actor and the cache
     assert not stop_api(ns)
     assert client.get("/cache").json() == []

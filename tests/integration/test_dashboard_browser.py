@@ -36,10 +36,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def dashboard_url() -> Iterator[str]:
+TOKEN = "s3cret-token_for-the-browser"
+
+
+def _serve(token: str | None) -> Iterator[str]:
     port = _free_port()
-    app = create_app(InMemorySource([cache_status()]), ApiSettings(port=port))
+    app = create_app(InMemorySource([cache_status()]), ApiSettings(port=port, token=token))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -50,6 +52,17 @@ def dashboard_url() -> Iterator[str]:
     yield f"http://127.0.0.1:{port}/"
     server.should_exit = True
     thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def dashboard_url() -> Iterator[str]:
+    yield from _serve(None)
+
+
+@pytest.fixture(scope="module")
+def guarded_url() -> Iterator[str]:
+    """The same page on an API with a token: the data endpoints answer 401 without it."""
+    yield from _serve(TOKEN)
 
 
 def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -71,6 +84,21 @@ def test_rendered_dom_has_pool_items_and_ratio_chart(dashboard_url: str, tmp_pat
     chart = dom[dom.index('class="chart ratio-chart"'):]
     assert '<path class="line" d="M' in chart  # the script drew the ratio history
     assert 'id="error" style="display: none;"' in dom  # both fetches answered
+
+
+def test_with_a_token_in_the_fragment_the_page_shows_the_cache(guarded_url: str, tmp_path: Path) -> None:
+    out = _chromium(tmp_path, "--dump-dom", f"{guarded_url}#token={TOKEN}")
+    dom = out.stdout
+    assert 'data-fingerprint="0123456789abcdef"' in dom, out.stderr[-2000:]
+    assert 'data-experiment="spleen-a1b2c3"' in dom
+    assert 'id="error" style="display: none;"' in dom  # /cache and /cache/items took the bearer header
+    assert TOKEN not in dom
+
+
+def test_without_the_token_the_page_asks_for_it(guarded_url: str, tmp_path: Path) -> None:
+    dom = _chromium(tmp_path, "--dump-dom", guarded_url).stdout
+    assert 'id="login" style="display: block;"' in dom and "HTTP 401" in dom
+    assert 'data-fingerprint="0123456789abcdef"' not in dom
 
 
 def test_screenshot(dashboard_url: str, tmp_path: Path) -> None:

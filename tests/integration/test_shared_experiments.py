@@ -17,6 +17,8 @@ from cache_service.api import ApiSettings, create_app
 from cache_service.api.ray_source import RaySource
 from common.demo_data import make_demo_data
 
+LOOPBACK = "http://127.0.0.1"  # the API answers loopback Host headers only (DNS rebinding)
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
@@ -50,7 +52,7 @@ def test_two_experiments_share_one_cache(ray_cluster, stats_dir, tmp_path):
     procs = [subprocess.Popen(_train_cmd(data, tmp_path / f"run{i}", ray_cluster, namespace, stats_dir, lr),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
              for i, lr in enumerate((1e-3, 1e-2))]
-    client = TestClient(create_app(RaySource(namespace), ApiSettings(namespace=namespace)))
+    client = TestClient(create_app(RaySource(namespace), ApiSettings(namespace=namespace)), base_url=LOOPBACK)
     try:
         deadline, seen = time.monotonic() + 240, None
         while time.monotonic() < deadline:

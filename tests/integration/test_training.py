@@ -100,11 +100,10 @@ def test_killed_run_resumes_from_its_checkpoint(ray_cluster, demo_root, stats_di
         time.sleep(1.0)  # let the checkpoint directory finish
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-        from trainer.launcher import latest_checkpoint
-        checkpoint = latest_checkpoint(out)
+        from trainer.checkpoints import load_checkpoint, newest_loadable
+        checkpoint = newest_loadable(out)
         assert checkpoint is not None
-        import torch
-        saved_epoch = torch.load(Path(checkpoint.path) / "state.pt", weights_only=False)["epoch"]
+        saved_epoch = load_checkpoint(checkpoint.path)["epoch"]
         report = run_experiment(replace_section(cfg, "training", epochs=saved_epoch + 2),
                                 LaunchOptions(out, resume=True, show_progress=False))
     finally:

@@ -77,3 +77,23 @@ def test_cache_that_disappears_mid_run(ray_cluster, demo_root, stats_dir, tmp_pa
     assert "Traceback" not in str(info.value)
     killer.join(timeout=5)
     assert ray.is_initialized()
+
+
+@pytest.mark.timeout(300)
+def test_a_non_finite_loss_stops_the_run_at_once_with_the_epoch_and_a_hint(ray_cluster, demo_root, stats_dir,
+                                                                          tmp_path):
+    """lr=1e30 blows the weights up to inf within the first epoch: the run ends there, and Ray Train does not
+    restart the workers max_failures times to hit the same NaN again."""
+    cfg = tiny_config(demo_root, stats_dir, epochs=20, lr=1e30, max_failures=3)
+    start = time.monotonic()
+    try:
+        with pytest.raises(TrainingFailedError) as info:
+            run_experiment(cfg, LaunchOptions(tmp_path / "o", show_progress=False))
+    finally:
+        stop_caches(cfg.cache.namespace)
+    text = str(info.value)
+    assert "not retried (NonFiniteLossError" in text and "non-finite" in text
+    assert "in epoch 0" in text and "Lower the learning rate (training.lr=1e+30 now)" in text
+    checkpoints = list((tmp_path / "o" / "ray_results").glob("*/checkpoint_*"))
+    assert checkpoints == []  # it stopped in the first epoch and trained on nothing after
+    assert time.monotonic() - start < 240

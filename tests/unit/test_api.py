@@ -14,6 +14,8 @@ from cache_service.api.samples import FINGERPRINT, cache_status, experiment
 from cache_service.api.source import InMemorySource
 from common.errors import CacheUnavailableError
 
+LOOPBACK = "http://127.0.0.1"  # the API answers loopback Host headers only (DNS rebinding)
+
 OTHER_FP = "fedcba9876543210"
 TOKEN = "s3cret-token"
 
@@ -25,7 +27,7 @@ def source() -> InMemorySource:
 
 @pytest.fixture
 def client(source: InMemorySource) -> TestClient:
-    return TestClient(create_app(source, ApiSettings()))
+    return TestClient(create_app(source, ApiSettings()), base_url=LOOPBACK)
 
 
 def test_healthz_and_dashboard(client: TestClient) -> None:
@@ -107,7 +109,7 @@ def test_dead_actor_is_503_not_500() -> None:
             raise RuntimeError("RayActorError: boom")
 
     for src, path in ((Dead(), "/cache"), (Dead(), "/metrics"), (Broken(), "/experiments")):
-        r = TestClient(create_app(src), raise_server_exceptions=False).get(path)
+        r = TestClient(create_app(src), raise_server_exceptions=False, base_url=LOOPBACK).get(path)
         assert r.status_code == 503 and "unavailable" in r.json()["detail"]
 
 
@@ -122,10 +124,13 @@ def test_bind_rules() -> None:
         ApiSettings(host="0.0.0.0", token="  ").check()
 
 
-def test_token_required_everywhere_but_healthz(source: InMemorySource) -> None:
-    c = TestClient(create_app(source, ApiSettings(host="0.0.0.0", token=TOKEN).check()))
+def test_token_required_everywhere_but_healthz_and_the_page(source: InMemorySource) -> None:
+    c = TestClient(create_app(source, ApiSettings(host="0.0.0.0", token=TOKEN).check()), base_url=LOOPBACK)
     assert c.get("/healthz").json()["auth_required"] is True
-    paths = ["/", "/cache", "/cache/items", "/experiments", "/experiments/spleen-a1b2c3",
+    page = c.get("/")  # a browser cannot send a bearer header for a typed URL; the page holds no data
+    assert page.status_code == 200 and TOKEN not in page.text and "spleen-a1b2c3" not in page.text
+    assert "Authorization" in page.text and "sessionStorage" in page.text
+    paths = ["/cache", "/cache/items", "/experiments", "/experiments/spleen-a1b2c3",
              "/experiments/spleen-a1b2c3/sampler", "/metrics", "/openapi.json"]
     for path in paths:
         assert c.get(path).status_code == 401, path
@@ -133,6 +138,28 @@ def test_token_required_everywhere_but_healthz(source: InMemorySource) -> None:
         assert c.get(path, headers={"Authorization": TOKEN}).status_code == 401  # no scheme
         assert c.get(path, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200, path
     assert c.get("/cache").headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.1:8740", "localhost:8740", "[::1]:8740"])
+def test_a_loopback_api_answers_loopback_host_headers(source: InMemorySource, host: str) -> None:
+    c = TestClient(create_app(source, ApiSettings()), base_url=LOOPBACK)
+    assert c.get("/cache", headers={"Host": host}).status_code == 200
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8740", "127.0.0.1.evil.example", "", "a b"])
+def test_a_loopback_api_refuses_other_host_headers_against_dns_rebinding(source: InMemorySource, host: str) -> None:
+    c = TestClient(create_app(source, ApiSettings()), base_url=LOOPBACK)
+    for path in ("/", "/cache", "/healthz"):
+        r = c.get(path, headers={"Host": host})
+        assert r.status_code == 400 and r.text == "Invalid host header", (path, host)
+
+
+def test_the_configured_host_and_a_non_loopback_bind(source: InMemorySource) -> None:
+    assert "127.0.0.2" in ApiSettings(host="127.0.0.2").trusted_hosts()
+    assert "[::1]" in ApiSettings(host="::1").trusted_hosts()
+    assert ApiSettings(host="0.0.0.0", token=TOKEN).trusted_hosts() is None  # any name; the token guards it
+    c = TestClient(create_app(source, ApiSettings(host="0.0.0.0", token=TOKEN)), base_url="http://node-7:8740")
+    assert c.get("/cache", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
 
 
 def _nasty(rng: random.Random) -> str:
@@ -144,7 +171,7 @@ def _nasty(rng: random.Random) -> str:
 def test_fuzz_no_5xx(source: InMemorySource) -> None:
     """200 malformed ids, query values and headers: every answer is 2xx/4xx, never a server error."""
     rng = random.Random(1234)
-    clients = [TestClient(create_app(source, s), raise_server_exceptions=False)
+    clients = [TestClient(create_app(source, s), raise_server_exceptions=False, base_url=LOOPBACK)
                for s in (ApiSettings(), ApiSettings(host="0.0.0.0", token=TOKEN))]
     for case in range(200):
         raw = _nasty(rng)

@@ -13,6 +13,8 @@ from cache_service.registry import ExperimentRegistry
 from cache_service.status import FaultEvent
 from trainer.service_commands import format_status
 
+LOOPBACK = "http://127.0.0.1"  # the API answers loopback Host headers only (DNS rebinding)
+
 
 @pytest.fixture
 def faulty():
@@ -31,7 +33,7 @@ def faulty():
 
 
 def test_cache_and_experiment_show_restarts_and_last_fault(faulty):
-    client = TestClient(create_app(InMemorySource([faulty]), ApiSettings()))
+    client = TestClient(create_app(InMemorySource([faulty]), ApiSettings()), base_url=LOOPBACK)
     [cache] = client.get("/cache").json()
     assert cache["restarts"] == 1 and cache["last_fault"]["kind"] == "cache"
     exp = client.get("/experiments/spleen-a1b2c3").json()
@@ -43,8 +45,8 @@ def test_cache_and_experiment_show_restarts_and_last_fault(faulty):
 
 
 def test_prometheus_counts_each_kind_of_restart(faulty):
-    text = TestClient(create_app(InMemorySource([faulty, cache_status("fedcba9876543210", experiments=[])]))).get(
-        "/metrics").text
+    source = InMemorySource([faulty, cache_status("fedcba9876543210", experiments=[])])
+    text = TestClient(create_app(source), base_url=LOOPBACK).get("/metrics").text
     samples = {(s.name, s.labels.get("fingerprint"), s.labels.get("experiment")): s.value
                for fam in text_string_to_metric_families(text) for s in fam.samples}
     assert samples[("smartcache_cache_restarts_total", FINGERPRINT, None)] == 1
