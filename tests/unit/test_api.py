@@ -190,7 +190,7 @@ def test_cache_status_shows_a_read_only_disk_tier_and_a_failed_pool() -> None:
     bad = cache_status().model_copy(update={"state": "failed", "failure": "case_11: RuntimeError: no CUDA",
                                             "disk_tier": "read-only",
                                             "disk_tier_error": "cannot write /tier/x.arrow (PermissionError)"})
-    [got] = TestClient(create_app(InMemorySource([bad]), ApiSettings())).get("/cache").json()
+    [got] = TestClient(create_app(InMemorySource([bad]), ApiSettings()), base_url=LOOPBACK).get("/cache").json()
     assert got["state"] == "failed" and got["failure"].endswith("RuntimeError: no CUDA")
     assert got["disk_tier"] == "read-only" and got["disk_tier_error"].startswith("cannot write /tier/")
     assert cache_status().disk_tier == "off"
