@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import pickle
 import uuid
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -236,10 +235,10 @@ class SmartCache:
         crop = self.chain.crop if self.chain is not None else None
         if crop is not None:
             lo, hi = sampler.ratio_bounds
-            sampler = replace(sampler, patch_size=crop.patch_size, samples_per_volume=crop.samples_per_volume,
+            sampler = sampler.replace(patch_size=crop.patch_size, samples_per_volume=crop.samples_per_volume,
                               initial_ratio=min(hi, max(lo, crop.initial_ratio)))
         if initial_ratio is not None:
-            sampler = replace(sampler, initial_ratio=initial_ratio)
+            sampler = sampler.replace(initial_ratio=initial_ratio)
         settings = ConsumerSettings(sampler=sampler, augment=augment or cfg.augmentation,
                                     batch_size=cfg.training.batch_size,
                                     seed=cfg.training.seed if seed is None else seed,
