@@ -205,7 +205,8 @@ class SmartCache:
             prep = Preprocessor(cfg.preprocessing, catalog.num_classes, "none", None, chain=chain.prefix)
             prep_bytes = pickle.dumps(prep)
         fp = fingerprint(catalog, cfg.preprocessing, chain.identity if chain else None)
-        handle = client.get_or_create_cache(catalog, cfg, fp, actor_num_cpus=actor_num_cpus, preprocessor=prep_bytes)
+        handle = client.get_or_create_cache(catalog, cfg.cache_side, fp, seed=cfg.training.seed,
+                                            actor_num_cpus=actor_num_cpus, preprocessor=prep_bytes)
         cache = cls(cfg, catalog, fp, handle, chain)
         if wait:
             client.wait_until_ready(handle, progress=progress)
