@@ -44,7 +44,12 @@ POLL_S = 0.1
 
 @dataclass(frozen=True)
 class ServiceSpec:
-    """Everything the actor needs at creation; picklable."""
+    """Everything the actor needs at creation; picklable.
+
+    Of the experiment's config only the actor's part: the ``cache`` section, the start ratio of
+    the sampler and the pool's seed. Crop settings stay with each experiment, training settings
+    with the trainers.
+    """
 
     name: str
     fingerprint: str

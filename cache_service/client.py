@@ -20,7 +20,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from cache_service.actor import ServiceSpec, SmartCacheService
 from cache_service.status import CacheStatus
 from common.catalog import Catalog
-from common.config import ExperimentConfig
+from common.config import CacheSideConfig
 from common.errors import CacheUnavailableError, DataError, PoolFailedError, SmartCacheError
 
 ACTOR_NUM_CPUS = 0.25
@@ -65,7 +65,7 @@ def attach(fingerprint: str, namespace: str = "smartcache", timeout_s: float = D
     return handle
 
 
-def _preprocessor_bytes(catalog: Catalog, cfg: ExperimentConfig, fp: str) -> bytes:
+def _preprocessor_bytes(catalog: Catalog, cfg: CacheSideConfig, fp: str) -> bytes:
     """Build the preprocessor (CT statistics once, kept under stats_dir) and pickle it.
 
     A case that cannot be read is left out of the statistics here; the cache quarantines
@@ -88,10 +88,14 @@ def _preprocessor_bytes(catalog: Catalog, cfg: ExperimentConfig, fp: str) -> byt
     raise DataError(catalog.root, "no training case could be read for the intensity statistics")
 
 
-def get_or_create_cache(catalog: Catalog, cfg: ExperimentConfig, fingerprint: str, *,
+def get_or_create_cache(catalog: Catalog, cfg: CacheSideConfig, fingerprint: str, *, seed: int = 0,
                         actor_num_cpus: float = ACTOR_NUM_CPUS, timeout_s: float = 120.0,
                         preprocessor: bytes | None = None) -> ActorHandle:
     """Attach to the cache for ``fingerprint`` or start it (detached, named, in ``cfg.cache.namespace``).
+
+    ``cfg`` is the data side's part of the config (an ``ExperimentConfig`` is one); the actor
+    itself gets only its ``cache`` section, the start ratio and ``seed``, the seed of the pool's
+    replacement order (the experiment's ``training.seed`` when a run creates the cache).
 
     ``preprocessor`` (a pickled :class:`~common.preprocess.Preprocessor`) replaces the one
     built from ``cfg.preprocessing``, e.g. for a user's own MONAI prefix; the fingerprint
@@ -107,7 +111,7 @@ def get_or_create_cache(catalog: Catalog, cfg: ExperimentConfig, fingerprint: st
         pass
     prep = preprocessor if preprocessor is not None else _preprocessor_bytes(catalog, cfg, fingerprint)
     spec = ServiceSpec(name=name, fingerprint=fingerprint, catalog=catalog, cache=cfg.cache, preprocessor=prep,
-                       seed=cfg.training.seed, initial_ratio=cfg.sampler.initial_ratio)
+                       seed=seed, initial_ratio=cfg.sampler.initial_ratio)
     handle = ray.remote(SmartCacheService).options(
         name=name, namespace=ns, lifetime="detached", get_if_exists=True, num_cpus=actor_num_cpus,
         max_concurrency=ACTOR_MAX_CONCURRENCY, max_restarts=cfg.cache.max_restarts).remote(spec)

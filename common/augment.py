@@ -20,7 +20,6 @@ contrast applies a gamma to the crop rescaled to its own [min, max] and maps it 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Protocol
 
@@ -197,7 +196,7 @@ def draw_flips(n: int, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarr
 
 
 def without_flip(cfg: AugmentConfig) -> AugmentConfig:
-    return dataclasses.replace(cfg, flip_prob=0.0)
+    return cfg.replace(flip_prob=0.0)
 
 
 def augment_sample(image: np.ndarray, label: np.ndarray, transforms: list[RandomTransform],

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +174,7 @@ def fingerprint(catalog: Catalog, prep: PreprocessConfig, chain: str | None = No
     (:func:`common.chain.chain_identity`); it then replaces the project's preprocessing config.
     """
     payload = {
-        "preprocessing": asdict(prep) if chain is None else {"user_chain": chain},
+        "preprocessing": prep.model_dump() if chain is None else {"user_chain": chain},
         "labels": list(catalog.labels),
         "modality": catalog.modality,
         "channels": catalog.num_channels,  # the channel check quarantines by it

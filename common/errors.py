@@ -28,6 +28,17 @@ class ConfigError(SmartCacheError, ValueError):
         return f"config field '{self.field}' = {self.value!r} is invalid: {self.allowed}"
 
 
+class UnknownConfigKeyError(ConfigError):
+    """A config key no section has; ``hint`` suggests the nearest valid key (or lists them)."""
+
+    def __init__(self, field: str, hint: str) -> None:
+        super().__init__(field, None, hint)
+        self.args = (field, hint)  # what __reduce__ rebuilds it from
+
+    def __str__(self) -> str:
+        return f"config field '{self.field}' is unknown: {self.allowed}"
+
+
 class DataError(SmartCacheError, ValueError):
     """An input file (or a field of dataset.json) is missing, unreadable or inconsistent."""
 

@@ -33,7 +33,7 @@ from trainer.predict import MODEL_FILE, save_model_file
 from trainer.report import (RunReport, count_restarts, format_summary, plot_case, plot_curves, write_jsonl,
                             write_tensorboard)
 from trainer.validation_service import ValidationService
-from trainer.worker import train_loop_per_worker
+from trainer.worker import WorkerInput, train_loop_per_worker
 
 
 VALIDATOR_MAX_RESTARTS = 5
@@ -87,19 +87,20 @@ def _worker_resources(cfg: ExperimentConfig) -> dict[str, float]:
     return resources
 
 
-def _trainer(cfg: ExperimentConfig, loop_config: dict[str, Any], name: str) -> TorchTrainer:
+def _trainer(inp: WorkerInput, name: str) -> TorchTrainer:
     """DDP workers; a failed worker makes Ray Train restart the group from the last checkpoint (max_failures)."""
+    cfg = inp.config
     backend = "nccl" if cfg.training.use_gpu else "gloo"
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
+        train_loop_config=inp.loop_config(),
         torch_config=TorchConfig(backend=backend),
         scaling_config=ScalingConfig(num_workers=cfg.training.num_workers, use_gpu=cfg.training.use_gpu,
                                      resources_per_worker=_worker_resources(cfg)),
-        run_config=RunConfig(name=name, storage_path=loop_config["storage_path"],
+        run_config=RunConfig(name=name, storage_path=inp.storage_path,
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              failure_config=FailureConfig(max_failures=cfg.training.max_failures),
-                             callbacks=[WorkerFailureNote(loop_config["validator_name"], cfg.cache.namespace)]),
+                             callbacks=[WorkerFailureNote(inp.validator_name, cfg.cache.namespace)]),
     )
 
 
@@ -193,7 +194,7 @@ def _start_validator(cfg: ExperimentConfig, fp: str, experiment_id: str, num_cla
         name=f"validator-{experiment_id}", namespace=cfg.cache.namespace, max_concurrency=2,
         max_restarts=VALIDATOR_MAX_RESTARTS, max_task_retries=-1,
         scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
-        **validator_resources(cfg)).remote(cfg.to_dict(), fp, experiment_id, num_classes, in_channels, t_start,
+        **validator_resources(cfg)).remote(cfg, fp, experiment_id, num_classes, in_channels, t_start,
                                            str(state_dir), own_volumes)
 
 
@@ -219,17 +220,14 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
     state_dir = contained_folder(opts.out_dir / "state", experiment_id)  # inside --out whatever the id
     validator = _start_validator(cfg, fp, experiment_id, num_classes, in_channels, t_start, state_dir, own_volumes)
     resume_from = newest_loadable(opts.out_dir) if opts.resume else None
-    loop_config = {"experiment": cfg.to_dict(), "experiment_handle": exp,
-                   "validator_name": f"validator-{experiment_id}", "num_classes": num_classes,
-                   "in_channels": in_channels, "t_start": t_start,
-                   "resume_from": resume_from.path if resume_from is not None else None,
-                   "storage_path": str((opts.out_dir / "ray_results").resolve())}
-    if not cfg.cache.enabled:  # the baseline: workers prepare every volume again every epoch
-        loop_config["records"] = list(catalog.train)
-        loop_config["preprocessor"] = prep
+    # the baseline (no cache): workers prepare every volume again every epoch
+    inp = WorkerInput(cfg, exp, f"validator-{experiment_id}", num_classes, in_channels, t_start,
+                      resume_from=resume_from.path if resume_from is not None else None,
+                      records=() if cfg.cache.enabled else tuple(catalog.train),
+                      preprocessor=None if cfg.cache.enabled else prep,
+                      storage_path=str((opts.out_dir / "ray_results").resolve()))
     try:
-        result = _fit_with_progress(_trainer(cfg, loop_config, experiment_id), validator, cfg,
-                                    opts.show_progress)
+        result = _fit_with_progress(_trainer(inp, experiment_id), validator, cfg, opts.show_progress)
         _raise_if_failed(result)
         rows = ray.get(validator.train_rows.remote())
         val_rows = ray.get(validator.history.remote())

@@ -77,7 +77,7 @@ def _start_cache(args: argparse.Namespace) -> None:
                                     *args.overrides])
     catalog = load_catalog(cfg.data.dataset_dir, cfg.data)
     fp = fingerprint(catalog, cfg.preprocessing)
-    status = wait_until_ready(get_or_create_cache(catalog, cfg, fp))
+    status = wait_until_ready(get_or_create_cache(catalog, cfg.cache_side, fp, seed=cfg.training.seed))
     print(f"cache {fp}: {status.items_cached} training and {status.val_items_cached} validation volumes "
           f"({status.bytes_cached / 2**20:.0f} MiB) in namespace '{args.namespace}'")
 

@@ -31,7 +31,7 @@ from cache_service.recovery import RecoveringFetch, ResilientCache
 from cache_service.sdk import protocol
 from cache_service.status import FaultEvent
 from common.catalog import Record
-from common.config import config_from_dict
+from common.config import ExperimentConfig
 from common.errors import SmartCacheError
 from common.preprocess import Preprocessor
 from common.volume import PreparedVolume
@@ -42,10 +42,10 @@ log = logging.getLogger(__name__)
 
 
 class ValidationService:
-    def __init__(self, experiment: dict[str, Any], fingerprint: str, experiment_id: str, num_classes: int,
+    def __init__(self, cfg: ExperimentConfig, fingerprint: str, experiment_id: str, num_classes: int,
                  in_channels: int, t_start: float, state_dir: str,
                  own_volumes: tuple[list[Record], Preprocessor] | None = None) -> None:
-        self.cfg = config_from_dict(experiment)
+        self.cfg = cfg
         self.experiment_id, self.t_start = experiment_id, t_start
         self.own_volumes = own_volumes  # (validation records, preprocessor) when there is no cache
         self.cache = None if own_volumes is not None else ResilientCache(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,10 @@ import torch
 import torch.distributed as dist
 
 from cache_service.sdk import Experiment
-from common.config import config_from_dict
+from common.catalog import Record
+from common.config import ExperimentConfig
 from common.errors import StorageError
+from common.preprocess import Preprocessor
 from trainer.checkpoints import load_checkpoint, write_checkpoint
 from trainer.device_crops import DeviceVolumes
 from trainer.failures import NonFiniteLossError
@@ -32,6 +35,35 @@ from trainer.loader import PreprocessingBatchStream
 from trainer.model import AmpPolicy, build_loss, build_model, build_optimizer
 from trainer.staging import DeviceStager
 from trainer.steps import run_epoch, seed_everything
+
+#: the one key of Ray Train's ``train_loop_config`` (Ray records that argument as a dict)
+INPUT_KEY = "input"
+
+
+@dataclass(frozen=True)
+class WorkerInput:
+    """Everything a training worker is started with; pickled to each worker as it is (no dict round trip)."""
+
+    config: ExperimentConfig
+    experiment: Experiment | None
+    """The experiment the driver opened on the shared cache; None for the baseline (no cache at all)."""
+    validator_name: str
+    num_classes: int
+    in_channels: int
+    t_start: float
+    """The driver's start time: the run's clock for time_s and training.time_limit_s."""
+    resume_from: str | None = None
+    """The checkpoint folder to resume from (``--resume``); Ray Train's own restarts use its checkpoint."""
+    records: tuple[Record, ...] = ()
+    """Baseline only: the training cases each worker loads and preprocesses every epoch."""
+    preprocessor: Preprocessor | None = None
+    """Baseline only: the cache's chain, run by the workers' DataLoader processes."""
+    storage_path: str = ""
+    """Ray Train's run folder (named in a StorageError when a checkpoint cannot be written)."""
+
+    def loop_config(self) -> dict[str, "WorkerInput"]:
+        """As Ray Train's ``train_loop_config``, which it expects (and records) as a dict."""
+        return {INPUT_KEY: self}
 
 
 def _agree(flag: bool, device: torch.device) -> bool:
@@ -112,15 +144,16 @@ def _shared_ratio(validator: Any, rank: int, device: torch.device) -> float:
     return float(t.item())
 
 
-def _epoch_batches(cfg: Any, config: dict[str, Any], exp: Experiment | None, validator: Any, epoch: int,
-                   rank: int, world: int, device: torch.device,
+def _epoch_batches(inp: WorkerInput, validator: Any, epoch: int, rank: int, world: int, device: torch.device,
                    device_volumes: DeviceVolumes | None) -> tuple[Any, float, int]:
     """(batch stream, ratio, pool generation) for one epoch: this rank's crops of the experiment's snapshot
     (through the public API), or, without a cache (the baseline), from a DataLoader whose worker
     processes load and preprocess every volume again."""
+    cfg, exp = inp.config, inp.experiment
     if exp is None:
         ratio = _shared_ratio(validator, rank, device)
-        stream = PreprocessingBatchStream(config["records"], config["preprocessor"], ratio, cfg.sampler,
+        assert inp.preprocessor is not None, "the launcher hands the baseline's workers the cache's chain"
+        stream = PreprocessingBatchStream(inp.records, inp.preprocessor, ratio, cfg.sampler,
                                           cfg.augmentation, cfg.training.batch_size, cfg.training.loader_workers,
                                           seed=cfg.training.seed, rank=rank, world_size=world, epoch=epoch,
                                           steps=cfg.training.steps_per_epoch)
@@ -129,34 +162,33 @@ def _epoch_batches(cfg: Any, config: dict[str, Any], exp: Experiment | None, val
     return batches, batches.ratio, batches.generation
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    cfg = config_from_dict(config["experiment"])
+def train_loop_per_worker(config: dict[str, WorkerInput]) -> None:
+    inp = config[INPUT_KEY]
+    cfg = inp.config
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     seed_everything(cfg.training.seed + 1000 * rank, cfg.training.deterministic)
     device = ray.train.torch.get_device()
 
-    model = ray.train.torch.prepare_model(build_model(cfg.training, config["in_channels"], config["num_classes"]))
+    model = ray.train.torch.prepare_model(build_model(cfg.training, inp.in_channels, inp.num_classes))
     optimizer = build_optimizer(cfg.training, model.parameters())
     loss_fn = build_loss(cfg.training.loss)
     amp = AmpPolicy.for_device(device, cfg.training)
     scaler = amp.scaler()
-    start_epoch = _restore(model, optimizer, scaler, config.get("resume_from"))
+    start_epoch = _restore(model, optimizer, scaler, inp.resume_from)
     # crops cut on the training device (sampler.device: cuda) need no host-to-device copy; otherwise
     # batches go through pinned, reused buffers and a copy stream on CUDA (a pass-through on CPU)
     on_device = cfg.sampler.device == "cuda" and cfg.cache.enabled
     device_volumes = DeviceVolumes(device, cfg.sampler.gpu_cache_bytes) if on_device else None
     stager = None if on_device else DeviceStager(device)
 
-    exp: Experiment | None = config["experiment_handle"]  # None for the baseline: no cache at all
-    validator = ray.get_actor(config["validator_name"], namespace=cfg.cache.namespace)
-    t_start = config["t_start"]
+    exp, t_start = inp.experiment, inp.t_start
+    validator = ray.get_actor(inp.validator_name, namespace=cfg.cache.namespace)
     if rank == 0:  # records a restart of the worker group (and its cost) if this is one
         ray.get(validator.trainer_started.remote(start_epoch, time.time()))
     pending, last_validated = None, start_epoch - cfg.validation.interval
     for epoch in range(start_epoch, cfg.training.epochs):
-        stream, ratio, generation = _epoch_batches(cfg, config, exp, validator, epoch, rank, world, device,
-                                                   device_volumes)
+        stream, ratio, generation = _epoch_batches(inp, validator, epoch, rank, world, device, device_volumes)
         with stream as batches:
             stats = run_epoch(model, batches, loss_fn, optimizer, amp, scaler, device, epoch, ratio, generation,
                               stager=stager)
@@ -191,7 +223,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         last = stop or epoch == cfg.training.epochs - 1
         if last or (epoch + 1) % cfg.training.checkpoint_every == 0:
             # a collective: every rank takes this branch
-            _report(metrics, model, optimizer, scaler, rank, config["storage_path"])
+            _report(metrics, model, optimizer, scaler, rank, inp.storage_path)
         if stop:
             break
     if pending is not None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import pickle
 import uuid
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -207,7 +206,8 @@ class SmartCache:
             prep = Preprocessor(cfg.preprocessing, catalog.num_classes, "none", None, chain=chain.prefix)
             prep_bytes = pickle.dumps(prep)
         fp = fingerprint(catalog, cfg.preprocessing, chain.identity if chain else None)
-        handle = client.get_or_create_cache(catalog, cfg, fp, actor_num_cpus=actor_num_cpus, preprocessor=prep_bytes)
+        handle = client.get_or_create_cache(catalog, cfg.cache_side, fp, seed=cfg.training.seed,
+                                            actor_num_cpus=actor_num_cpus, preprocessor=prep_bytes)
         cache = cls(cfg, catalog, fp, handle, chain)
         if wait:
             client.wait_until_ready(handle, progress=progress)
@@ -237,10 +237,10 @@ class SmartCache:
         crop = self.chain.crop if self.chain is not None else None
         if crop is not None:
             lo, hi = sampler.ratio_bounds
-            sampler = replace(sampler, patch_size=crop.patch_size, samples_per_volume=crop.samples_per_volume,
+            sampler = sampler.replace(patch_size=crop.patch_size, samples_per_volume=crop.samples_per_volume,
                               initial_ratio=min(hi, max(lo, crop.initial_ratio)))
         if initial_ratio is not None:
-            sampler = replace(sampler, initial_ratio=initial_ratio)
+            sampler = sampler.replace(initial_ratio=initial_ratio)
         settings = ConsumerSettings(sampler=sampler, augment=augment or cfg.augmentation,
                                     batch_size=cfg.training.batch_size,
                                     seed=cfg.training.seed if seed is None else seed,

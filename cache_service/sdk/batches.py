@@ -46,7 +46,7 @@ class ConsumerSettings:
     def with_overrides(self, **kw: Any) -> "ConsumerSettings":
         """A copy with the given (non-None) values; ``patch_size`` and ``samples_per_volume`` go to the sampler."""
         sampler_kw = {k: kw.pop(k) for k in ("patch_size", "samples_per_volume") if kw.get(k) is not None}
-        sampler = replace(self.sampler, **{k: tuple(v) if k == "patch_size" else v for k, v in sampler_kw.items()})
+        sampler = self.sampler.replace(**{k: tuple(v) if k == "patch_size" else v for k, v in sampler_kw.items()})
         return replace(self, sampler=sampler, **{k: v for k, v in kw.items() if v is not None})
 
 

@@ -18,7 +18,7 @@ import ray
 
 from cache_service.client import attach, get_or_create_cache, stop_caches, wait_until_ready
 from common.catalog import fingerprint, load_catalog
-from common.config import config_from_dict, replace_section
+from common.config import config_from_dict
 from common.demo_data import make_demo_data
 from tests.integration.fault_runs import kill, start_train, trained_epochs, wait_for
 from tests.integration.test_training import tiny_config
@@ -42,8 +42,8 @@ def two_node(tmp: Path) -> dict[str, Any]:
     ray.init(address=cluster.address, log_to_driver=False)
     data = make_demo_data(tmp / "data", cases=6, size=32)
     cfg = tiny_config(data, tmp / "stats", epochs=8, checkpoint_every=2, worker_num_cpus=1.0)
-    cfg = replace_section(cfg, "cache", disk_dir=str(tmp / "tier"), state_dir=str(tmp / "state"),
-                          recover_timeout_s=120.0)
+    cfg = cfg.replace(cache=cfg.cache.replace(disk_dir=str(tmp / "tier"), state_dir=str(tmp / "state"),
+                                              recover_timeout_s=120.0))
     out = tmp / "run"
     proc = start_train(cfg, out, cluster.address, tmp / "train.log")
     try:

@@ -7,7 +7,6 @@ import json
 import pytest
 
 from cache_service.client import cache_actor_names, stop_caches
-from common.config import replace_section
 from tests.integration.test_training import tiny_config
 from trainer.launcher import LaunchOptions, run_experiment
 
@@ -18,7 +17,7 @@ pytestmark = pytest.mark.integration
 @pytest.mark.timeout(240)
 def test_cache_disabled_run_makes_no_cache_and_hands_the_ratio_over(ray_cluster, demo_root, stats_dir, tmp_path):
     cfg = tiny_config(demo_root, stats_dir, deterministic=True, epochs=2, loader_workers=1)
-    cfg = replace_section(cfg, "cache", enabled=False)
+    cfg = cfg.replace(cache=cfg.cache.replace(enabled=False))
     try:
         report = run_experiment(cfg, LaunchOptions(tmp_path / "run", show_progress=False))
         assert cache_actor_names(cfg.cache.namespace) == []  # nothing was created, nothing filled

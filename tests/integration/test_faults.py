@@ -16,7 +16,7 @@ import ray
 
 from cache_service.client import attach, stop_caches
 from common.catalog import fingerprint, load_catalog
-from common.config import ExperimentConfig, replace_section
+from common.config import ExperimentConfig
 from tests.integration.fault_runs import (alive_actor_pids, experiment_id, kill, start_train, trained_epochs,
                                           validated_epochs, wait_for)
 from tests.integration.test_training import tiny_config
@@ -29,8 +29,8 @@ KILL_AT = 3  # epochs trained before the kill
 
 def fault_config(demo_root: Path, stats_dir: Path, tmp_path: Path) -> ExperimentConfig:
     cfg = tiny_config(demo_root, stats_dir, epochs=EPOCHS, checkpoint_every=2)
-    cfg = replace_section(cfg, "cache", disk_dir=str(tmp_path / "tier"), recover_timeout_s=120.0)
-    return replace_section(cfg, "validation", interval=1)
+    return cfg.replace(cache=cfg.cache.replace(disk_dir=str(tmp_path / "tier"), recover_timeout_s=120.0),
+                       validation=cfg.validation.replace(interval=1))
 
 
 def run_with_kill(cfg: ExperimentConfig, tmp_path: Path, address: str, find_pid: Any) -> tuple[dict, Path, set]:

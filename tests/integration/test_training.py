@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from cache_service.client import stop_caches
-from common.config import ExperimentConfig, config_from_dict, replace_section
+from common.config import ExperimentConfig, config_from_dict
 from trainer.launcher import LaunchOptions, run_experiment
 
 pytestmark = pytest.mark.integration
@@ -104,7 +104,7 @@ def test_killed_run_resumes_from_its_checkpoint(ray_cluster, demo_root, stats_di
         checkpoint = newest_loadable(out)
         assert checkpoint is not None
         saved_epoch = load_checkpoint(checkpoint.path)["epoch"]
-        report = run_experiment(replace_section(cfg, "training", epochs=saved_epoch + 2),
+        report = run_experiment(cfg.replace(training=cfg.training.replace(epochs=saved_epoch + 2)),
                                 LaunchOptions(out, resume=True, show_progress=False))
     finally:
         if proc.poll() is None:
@@ -125,7 +125,7 @@ def test_ddp_run_with_the_device_crop_path_matches_the_host_path(ray_cluster, de
     losses = {}
     try:
         for where in ("cpu", "cuda"):
-            run_cfg = replace_section(cfg, "sampler", device=where)
+            run_cfg = cfg.replace(sampler=cfg.sampler.replace(device=where))
             run_experiment(run_cfg, LaunchOptions(tmp_path / where, show_progress=False))
             rows = sorted(_rows(tmp_path / where, "train"), key=lambda r: (r["epoch"], r["rank"]))
             losses[where] = [(r["epoch"], r["rank"], r["loss"]) for r in rows]

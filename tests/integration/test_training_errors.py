@@ -8,7 +8,7 @@ import time
 import pytest
 
 from cache_service.client import cache_actor_names, call, stop_caches
-from common.config import config_from_dict, replace_section
+from common.config import config_from_dict
 from common.errors import ConfigError, DataError
 from trainer.launcher import LaunchOptions, TrainingFailedError, run_experiment
 from tests.integration.test_training import tiny_config
@@ -56,7 +56,7 @@ def test_cache_that_disappears_mid_run(ray_cluster, demo_root, stats_dir, tmp_pa
     import ray
 
     cfg = tiny_config(demo_root, stats_dir, epochs=500, num_workers=1, max_failures=0)
-    cfg = replace_section(cfg, "cache", recover_timeout_s=10.0)  # stopped for good: consumers give up after 10 s
+    cfg = cfg.replace(cache=cfg.cache.replace(recover_timeout_s=10.0))  # stopped for good: consumers give up after 10 s
 
     def kill_cache_once_training() -> None:
         deadline = time.monotonic() + 180

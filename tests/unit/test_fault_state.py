@@ -13,7 +13,8 @@ from cache_service.disk_tier import TierFile, choose_evictions, evict
 from cache_service.pool import budget_for_store
 from cache_service.registry import ExperimentRegistry, load_state, save_state
 from cache_service.status import FaultEvent
-from common.config import CacheConfig, ConfigError
+from common.config import CacheConfig
+from common.errors import ConfigError
 from trainer.run_state import RunState
 
 
