@@ -21,11 +21,13 @@ main{padding:12px 20px} .card{background:#fff;border-radius:6px;box-shadow:0 1px
 .legend span{display:inline-block;margin-right:14px;font-size:12px} .legend i{display:inline-block;width:10px;height:10px;margin-right:4px;border-radius:2px}
 .exps{display:flex;flex-wrap:wrap;gap:14px} .exp{border:1px solid #dde;border-radius:6px;padding:8px 10px}
 .muted{color:#778;font-size:12px} .warn{color:#b35900}
+#sweeps{padding:12px 20px 0} table{border-collapse:collapse} td,th{padding:2px 10px;text-align:left;font-size:13px}
 svg text{font:11px system-ui,sans-serif}
 </style></head>
 <body>
 <header><h1>SmartCache</h1><span id="summary"></span><span id="updated">loading…</span></header>
 <div id="error"></div>
+<section id="sweeps"></section>
 <main id="caches"><p class="muted">waiting for the first answer from the API…</p></main>
 <script>
 "use strict";
@@ -142,6 +144,25 @@ function cacheCard(c, items) {
   return card;
 }
 
+function sweepCard(s) {
+  const card = el("section", {class: "card sweep", "data-sweep": s.sweep});
+  card.append(el("h2", {}, `sweep ${s.sweep}: ${s.trials.length} trial(s) on ${s.caches.length} cache(s)` +
+    (s.best_dice === null ? "" : ` · best Dice ${s.best_dice.toFixed(3)} (${s.best_trial})`)));
+  const table = el("table");
+  const head = el("tr");
+  ["trial", "cache", "state", "epoch", "best Dice", "last Dice", "values"].forEach(h => head.append(el("th", {}, h)));
+  table.append(head);
+  const num = x => x === null ? "-" : x.toFixed(3);
+  s.trials.forEach(t => {
+    const row = el("tr", {"data-trial": t.trial});
+    [t.trial, t.fingerprint.slice(0, 12), t.state, String(t.epoch), num(t.best_dice), num(t.last_dice),
+     Object.entries(t.values).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(" ")].forEach(v => row.append(el("td", {}, v)));
+    table.append(row);
+  });
+  card.append(table);
+  return card;
+}
+
 async function getJSON(path) {
   const r = await fetch(path, {cache: "no-store", credentials: "same-origin"});
   if (!r.ok) throw new Error(`${path}: HTTP ${r.status} ${(await r.text()).slice(0, 200)}`);
@@ -151,7 +172,8 @@ async function getJSON(path) {
 async function refresh() {
   const err = document.getElementById("error");
   try {
-    const [caches, items] = await Promise.all([getJSON("cache"), getJSON("cache/items")]);
+    const [caches, items, sweeps] = await Promise.all([getJSON("cache"), getJSON("cache/items"), getJSON("sweeps")]);
+    document.getElementById("sweeps").replaceChildren(...sweeps.map(sweepCard));
     const byFp = Object.fromEntries(items.map(i => [i.fingerprint, i]));
     const main = document.getElementById("caches");
     main.replaceChildren(...caches.map(c => cacheCard(c, byFp[c.fingerprint])));
