@@ -114,8 +114,11 @@ class SweepProgress(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         o = self.outcomes[self._ids[trial.trial_id]]
-        o.error = str(trial.error_file or "")
+        path = Path(trial.error_file) if trial.error_file else None
+        lines = path.read_text().strip().splitlines() if path is not None and path.is_file() else []
+        o.error = lines[-1] if lines else "failed (Tune kept no error text)"
         self._ended(trial, "error")
+        self._say(f"trial {o.index} error: {o.error} (full text: {path})")
 
 
 def make_scheduler(plan: SweepPlan, opts: SweepOptions) -> TrialScheduler:

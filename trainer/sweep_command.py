@@ -47,9 +47,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="search hyperparameters with Ray Tune, every trial on the shared cache",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
-                       description="Run Ray Tune trials of `smartcache train`, each an experiment on the shared "
-                                   "cache of its preprocessing (one fill and one copy of memory for all trials "
-                                   "that share it). Each trial reports validation Dice to Tune; ASHA stops bad "
+                       description="Run Ray Tune trials of `smartcache train`, each an experiment on the shared\n"
+                                   "cache of its preprocessing (one fill and one copy of memory for all trials\n"
+                                   "that share it). Each trial reports validation Dice to Tune; ASHA stops bad\n"
                                    "trials early. Ends with a results table, a Dice plot and the best config.")
     p.add_argument("--data", required=True, help="MSD dataset folder (with dataset.json)")
     p.add_argument("--config", default=None, help="base experiment YAML (default: built-in defaults)")

@@ -138,3 +138,30 @@ def test_no_validation_means_no_best_config(demo_dataset: Path, tmp_path: Path) 
     write_results(tmp_path, plan, [TrialOutcome(0, "sw-t0", plan.trials[0].values, "ab", state="error")], 0.5)
     assert best_trial([]) is None and not (tmp_path / "best.yaml").exists()
     assert "| error |" in (tmp_path / "results.md").read_text()
+
+
+def test_validations_per_trial_and_asha_bounds(demo_dataset: Path) -> None:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from trainer.sweep import SweepOptions, make_scheduler, validations_of
+
+    plan = _plan(demo_dataset, {"training.lr": "grid([1e-2, 1e-3])", "training.epochs": 8,
+                                "validation.interval": 2})
+    assert validations_of(plan.trials[0]) == 5  # epochs 0, 2, 4, 6 and the last, 7
+    assert isinstance(make_scheduler(plan, SweepOptions(Path("o"), grace_period=2)), ASHAScheduler)
+    assert isinstance(make_scheduler(plan, SweepOptions(Path("o"), scheduler="fifo")), FIFOScheduler)
+    with pytest.raises(ConfigError, match="--grace-period"):
+        make_scheduler(plan, SweepOptions(Path("o"), grace_period=5))
+
+
+def test_sweep_cli_refuses_a_bad_space_before_starting_ray(demo_dataset: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from trainer.cli import main
+
+    space = tmp_path / "space.yaml"
+    space.write_text("training.lr: loguniform(0, 1)\n")
+    assert main(["sweep", "--data", str(demo_dataset), "--space", str(space)]) == 2
+    assert "space.training.lr" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    assert "--concurrent" in capsys.readouterr().out
