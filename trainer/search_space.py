@@ -50,10 +50,6 @@ class SearchParam:
     kind: str
     args: tuple[Any, ...]
 
-    @property
-    def section(self) -> str:
-        return self.key.split(".", 1)[0]
-
     def domain(self) -> Any:
         """The Tune domain (``tune.loguniform(...)``), the grid spec, or the fixed value itself."""
         if self.kind == "fixed":

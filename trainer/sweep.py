@@ -134,15 +134,16 @@ def make_scheduler(plan: SweepPlan, opts: SweepOptions) -> TrialScheduler:
                          grace_period=opts.grace_period, reduction_factor=opts.reduction_factor)
 
 
-def fill_caches(plan: SweepPlan, show: bool) -> dict[str, float]:
-    """Start (or attach to) each fingerprint's cache from the driver and wait until it is warm; seconds each."""
-    seconds = {}
+def fill_caches(plan: SweepPlan, show: bool) -> None:
+    """Start (or attach to) each fingerprint's cache from the driver and wait until it is warm."""
     for fp, trials in plan.caches().items():
         t0 = time.time()
         cache = SmartCache.from_config(trials[0].config, wait=False)
-        cache.wait_until_ready(progress=show)
-        seconds[fp] = time.time() - t0
-    return seconds
+        status = cache.wait_until_ready(progress=show)
+        if show:
+            print(f"cache {fp[:12]} warm in {time.time() - t0:.0f} s: {status.items_cached} training and "
+                  f"{status.val_items_cached} validation volumes, for trials "
+                  f"{', '.join(str(t.index) for t in trials)}", flush=True)
 
 
 def run_sweep(plan: SweepPlan, opts: SweepOptions) -> list[TrialOutcome]:
