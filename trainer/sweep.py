@@ -52,7 +52,8 @@ def run_trial(config: dict[str, Any], plan: SweepPlan, out_dir: str) -> None:
 
     When ASHA stops the trial, Tune ends it inside ``tune.report`` (a ``SystemExit`` in this
     thread): ``run_experiment``'s ``finally`` then unregisters the experiment and ends its
-    validation actor, and Ray Train's workers go with this process.
+    validation actor, and Ray Train's workers go with this process. Tune may end the process
+    before that ``finally`` has run, so the driver's :class:`SweepProgress` detaches it too.
     """
     trial = plan.trial(int(config["trial"]))
     best = 0.0

@@ -1,6 +1,7 @@
 """``smartcache sweep`` end to end on demo phantoms: 3 trials, 2 at once, ASHA stops the bad one early.
 
-One cache actor serves all three trials, every trial is in the results table, a stopped trial
+Each trial trains with two DDP workers (Ray Train inside the Tune trial). One cache actor serves
+all three trials, every trial is in the results table, a stopped trial
 leaves no experiment attached, and the best config loads as a ``smartcache train --config``.
 """
 
@@ -28,7 +29,7 @@ cache: {cache_num: 3, replace_rate: 0.34, byte_budget: 256MiB, replace_workers: 
         disk_dir: null, namespace: NAMESPACE, stats_dir: STATS}
 sampler: {patch_size: [16, 16, 16], samples_per_volume: 2}
 training: {batch_size: 2, optimizer: novograd, loss: dice_ce, amp: false, epochs: 8, steps_per_epoch: 4,
-           target_dice: 0.3, num_workers: 1, worker_num_cpus: 0.3, channels: [8, 16, 32], strides: [2, 2],
+           target_dice: 0.3, num_workers: 2, worker_num_cpus: 0.2, channels: [8, 16, 32], strides: [2, 2],
            num_res_units: 1, checkpoint_every: 4, seed: 0}
 validation: {roi_size: [32, 32, 32], interval: 2, num_cpus: 0.2}
 """
@@ -65,6 +66,8 @@ def test_sweep_on_one_cache_with_asha(ray_cluster: str, tmp_path: Path) -> None:
         assert bad["values"] == {"training.lr": 1e-6}
         assert bad["state"] == "stopped" and bad["epochs"] < 8, rows  # ASHA stopped it before its last epoch
         assert {r["state"] for r in rows[:2]} == {"done"}
+        report = json.loads((out / "trials" / "acc-t0" / "report.json").read_text())
+        assert report["config"]["training"]["num_workers"] == 2 and report["epochs"] == 8
         table = (out / "results.md").read_text().splitlines()
         assert len(table) == 2 + 3 and "| yes | stopped |" in table[4]
         assert (out / "dice.png").stat().st_size > 1000
