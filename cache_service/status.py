@@ -19,6 +19,9 @@ class SamplerReport(BaseModel):
 
 FAULT_KINDS = ("cache", "trainer", "validator")
 
+# what a sweep trial adds to the info it registers with (cache_service.sdk.tune); the API's /sweeps groups by it
+SWEEP_KEY, TRIAL_KEY, TRIAL_ID_KEY = "sweep", "trial", "trial_id"
+
 
 class FaultEvent(BaseModel):
     """One fault a run lived through: which part died, when, why, and what it cost."""

@@ -7,7 +7,7 @@ import sys
 from typing import Callable, Sequence
 
 from common.errors import SmartCacheError
-from trainer import commands, service_commands
+from trainer import commands, service_commands, sweep_command
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_make_demo_data(sub)
     commands.register(sub)
     service_commands.register(sub)
+    sweep_command.register(sub)
     return parser
 
 

@@ -12,7 +12,7 @@ from common.config import ExperimentConfig, load_config
 DEMO_CONFIG = "demo_cpu.yaml"
 
 
-def _init_ray(address: str | None, num_cpus: int | None) -> None:
+def init_ray(address: str | None, num_cpus: int | None) -> None:
     """Connect to ``address``, or start a new embedded local Ray sized to this machine (never another
     user's cluster that happens to run here)."""
     import ray
@@ -33,7 +33,7 @@ def packaged_config(name: str) -> Path:
 def _train(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
     from trainer.launcher import LaunchOptions, run_experiment
 
-    _init_ray(args.address, getattr(args, "num_cpus", None))
+    init_ray(args.address, getattr(args, "num_cpus", None))
     report = run_experiment(cfg, LaunchOptions(out_dir=Path(args.out), resume=getattr(args, "resume", False)))
     print(f"report, curves and model written to {args.out}/")
     return 0 if report.reached_target or not getattr(args, "require_target", False) else 1
@@ -53,7 +53,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"made {args.cases} synthetic CT cases in {data}")
     cfg = load_config(packaged_config(DEMO_CONFIG), [f"data.dataset_dir={data}", *args.overrides])
     args.require_target = True
-    _init_ray(args.address, args.num_cpus)
+    init_ray(args.address, args.num_cpus)
     url = _start_dashboard(args.port, cfg.cache.namespace)
     try:
         return _train(args, cfg)

@@ -13,7 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import ray
 import ray.train
@@ -32,6 +32,7 @@ from trainer.failures import TrainingFailedError, WorkerFailureNote
 from trainer.predict import MODEL_FILE, save_model_file
 from trainer.report import (RunReport, count_restarts, format_summary, plot_case, plot_curves, write_jsonl,
                             write_tensorboard)
+from trainer.validation_relay import ValidationRelay
 from trainer.validation_service import ValidationService
 from trainer.worker import WorkerInput, train_loop_per_worker
 
@@ -44,6 +45,9 @@ class LaunchOptions:
     out_dir: Path
     resume: bool = False
     show_progress: bool = True
+    info: dict[str, Any] | None = None  # more for the cache registry (a sweep trial says its sweep and trial)
+    # called with each validation row (epoch, mean_dice, time_s, ...) as it arrives: a Tune trial reports it
+    on_validation: Callable[[dict[str, Any]], None] | None = None
 
 
 def in_channels_of(catalog: Catalog) -> int:
@@ -171,8 +175,8 @@ def _short(err: BaseException) -> str:
     return "\n".join(keep[:8])
 
 
-def _open_experiment(cfg: ExperimentConfig, catalog: Catalog, show_progress: bool
-                     ) -> tuple[SmartCache, Experiment, float]:
+def _open_experiment(cfg: ExperimentConfig, catalog: Catalog, show_progress: bool,
+                     info: dict[str, Any] | None = None) -> tuple[SmartCache, Experiment, float]:
     """Attach to (or create) the shared cache, wait for it to fill, open the experiment; (cache, experiment, fill s)."""
     cache = SmartCache.from_config(cfg, catalog=catalog, wait=False)
     t_fill = time.time()
@@ -182,7 +186,7 @@ def _open_experiment(cfg: ExperimentConfig, catalog: Catalog, show_progress: boo
     _require_usable(status, catalog)
     fill_s = time.time() - t_fill
     exp = cache.experiment(cfg.name, steps=cfg.training.steps_per_epoch,
-                           info={"lr": cfg.training.lr, "optimizer": cfg.training.optimizer}).open()
+                           info={"lr": cfg.training.lr, "optimizer": cfg.training.optimizer, **(info or {})}).open()
     return cache, exp, fill_s
 
 
@@ -207,7 +211,7 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
         raise ConfigError("data.val_fraction", cfg.data.val_fraction, "a split with at least one validation case")
     check_fits_cluster(cfg)
     if cfg.cache.enabled:
-        cache, exp, fill_s = _open_experiment(cfg, catalog, opts.show_progress)
+        cache, exp, fill_s = _open_experiment(cfg, catalog, opts.show_progress, opts.info)
         fp, experiment_id = cache.fingerprint, exp.id
     else:  # the baseline: no cache actor at all; trainers and validation load and preprocess themselves
         cache, exp, fill_s = None, None, 0.0
@@ -227,7 +231,8 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
                       preprocessor=None if cfg.cache.enabled else prep,
                       storage_path=str((opts.out_dir / "ray_results").resolve()))
     try:
-        result = _fit_with_progress(_trainer(inp, experiment_id), validator, cfg, opts.show_progress)
+        result = _fit_with_progress(_trainer(inp, experiment_id), validator, cfg, opts.show_progress,
+                                    opts.on_validation)
         _raise_if_failed(result)
         rows = ray.get(validator.train_rows.remote())
         val_rows = ray.get(validator.history.remote())
@@ -256,8 +261,13 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
     return report
 
 
-def _fit_with_progress(trainer: TorchTrainer, validator: Any, cfg: ExperimentConfig, show: bool) -> Any:
-    """Run ``trainer.fit()`` in a thread and show epochs, loss, Dice and ratio as they arrive."""
+def _fit_with_progress(trainer: TorchTrainer, validator: Any, cfg: ExperimentConfig, show: bool,
+                       on_validation: Callable[[dict[str, Any]], None] | None = None) -> Any:
+    """Run ``trainer.fit()`` in a thread and show epochs, loss, Dice and ratio as they arrive.
+
+    ``on_validation`` sees every validation row once, in order, from this (the caller's) thread:
+    a Tune trial reports from here, and Tune ends a stopped trial by raising in that call.
+    """
     from tqdm.auto import tqdm
 
     box: dict[str, Any] = {}
@@ -270,6 +280,7 @@ def _fit_with_progress(trainer: TorchTrainer, validator: Any, cfg: ExperimentCon
 
     thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
     thread.start()
+    relay = ValidationRelay(validator, on_validation)
     with tqdm(total=cfg.training.epochs, desc="training", unit="epoch", disable=not show) as bar:
         while thread.is_alive():
             thread.join(timeout=2.0)
@@ -278,6 +289,7 @@ def _fit_with_progress(trainer: TorchTrainer, validator: Any, cfg: ExperimentCon
                 best = ray.get(validator.best.remote(), timeout=10)
             except ray.exceptions.RayError:
                 continue
+            relay.poll()
             if rows:
                 bar.n = len(rows)
                 bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}", ratio=f"{rows[-1]['ratio']:.2f}",
@@ -285,7 +297,9 @@ def _fit_with_progress(trainer: TorchTrainer, validator: Any, cfg: ExperimentCon
                 bar.refresh()
     if "error" in box:
         raise box["error"]
+    relay.poll()  # validations that finished between the last poll and the end of training
     return box["result"]
+
 
 
 def _raise_if_failed(result: Any) -> None:

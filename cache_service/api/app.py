@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from cache_service.api.deps import require_token
-from cache_service.api.routes import cache, dashboard, experiments, health, metrics
+from cache_service.api.routes import cache, dashboard, experiments, health, metrics, sweeps
 from cache_service.api.settings import ApiSettings
 from cache_service.api.source import GuardedSource, StatusSource
 from common.errors import CacheUnavailableError, UnknownItemError
@@ -31,7 +31,7 @@ def create_app(source: StatusSource, settings: ApiSettings | None = None) -> Fas
                   description="Cache, pool and adaptive-sampler status of the SmartCache service.")
     app.state.source = GuardedSource(source)
     app.state.settings = settings
-    for module in (health, cache, experiments, metrics, dashboard):
+    for module in (health, cache, experiments, sweeps, metrics, dashboard):
         app.include_router(module.router)
     app.add_exception_handler(UnknownItemError, _not_found)
     app.add_exception_handler(CacheUnavailableError, _unavailable)

@@ -28,6 +28,7 @@ main{padding:12px 20px} .card{background:#fff;border-radius:6px;box-shadow:0 1px
 .exps{display:flex;flex-wrap:wrap;gap:14px} .exp{border:1px solid #dde;border-radius:6px;padding:8px 10px}
 .muted{color:#778;font-size:12px} .warn{color:#b35900}
 #login{display:none;background:#fff;padding:10px 20px;border-bottom:1px solid #dde} #login input{width:22em}
+#sweeps{padding:12px 20px 0} table{border-collapse:collapse} td,th{padding:2px 10px;text-align:left;font-size:13px}
 svg text{font:11px system-ui,sans-serif}
 </style></head>
 <body>
@@ -35,6 +36,7 @@ svg text{font:11px system-ui,sans-serif}
 <div id="error"></div>
 <form id="login"><label>API token <input id="token" type="password" autocomplete="off" required></label>
 <button type="submit">open</button> <span class="muted">kept in this tab only (sessionStorage)</span></form>
+<section id="sweeps"></section>
 <main id="caches"><p class="muted">waiting for the first answer from the API…</p></main>
 <script>
 "use strict";
@@ -177,6 +179,25 @@ document.getElementById("login").addEventListener("submit", ev => {
 });
 
 class Unauthorized extends Error {}
+function sweepCard(s) {
+  const card = el("section", {class: "card sweep", "data-sweep": s.sweep});
+  card.append(el("h2", {}, `sweep ${s.sweep}: ${s.trials.length} trial(s) on ${s.caches.length} cache(s)` +
+    (s.best_dice === null ? "" : ` · best Dice ${s.best_dice.toFixed(3)} (${s.best_trial})`)));
+  const table = el("table");
+  const head = el("tr");
+  ["trial", "cache", "state", "epoch", "best Dice", "last Dice", "values"].forEach(h => head.append(el("th", {}, h)));
+  table.append(head);
+  const num = x => x === null ? "-" : x.toFixed(3);
+  s.trials.forEach(t => {
+    const row = el("tr", {"data-trial": t.trial});
+    [t.trial, t.fingerprint.slice(0, 12), t.state, String(t.epoch), num(t.best_dice), num(t.last_dice),
+     Object.entries(t.values).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(" ")].forEach(v => row.append(el("td", {}, v)));
+    table.append(row);
+  });
+  card.append(table);
+  return card;
+}
+
 async function getJSON(path) {
   const r = await fetch(path, {cache: "no-store", credentials: "same-origin", headers: authHeaders()});
   if (r.status === 401) throw new Unauthorized(`${path}: HTTP 401 (the API wants a token)`);
@@ -187,7 +208,8 @@ async function getJSON(path) {
 async function refresh() {
   const err = document.getElementById("error");
   try {
-    const [caches, items] = await Promise.all([getJSON("cache"), getJSON("cache/items")]);
+    const [caches, items, sweeps] = await Promise.all([getJSON("cache"), getJSON("cache/items"), getJSON("sweeps")]);
+    document.getElementById("sweeps").replaceChildren(...sweeps.map(sweepCard));
     const byFp = Object.fromEntries(items.map(i => [i.fingerprint, i]));
     const main = document.getElementById("caches");
     main.replaceChildren(...caches.map(c => cacheCard(c, byFp[c.fingerprint])));

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from cache_service.api.sweeps import sweep_metrics
 from cache_service.status import CacheStatus
 
 CACHE_GAUGES: dict[str, tuple[str, str]] = {  # metric suffix -> (CacheStatus field, help)
@@ -85,6 +86,7 @@ class StatusCollector(Collector):
         yield live
         yield from self._cache_metrics()
         yield from self._experiment_metrics()
+        yield from sweep_metrics(self.caches)
 
 
 def render(caches: list[CacheStatus]) -> bytes:

@@ -18,7 +18,7 @@ import pytest
 import uvicorn
 
 from cache_service.api import ApiSettings, create_app
-from cache_service.api.samples import cache_status
+from cache_service.api.samples import cache_status, experiment
 from cache_service.api.source import InMemorySource
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -39,9 +39,9 @@ def _free_port() -> int:
 TOKEN = "s3cret-token_for-the-browser"
 
 
-def _serve(token: str | None) -> Iterator[str]:
+def _serve(source: InMemorySource, token: str | None = None) -> Iterator[str]:
     port = _free_port()
-    app = create_app(InMemorySource([cache_status()]), ApiSettings(port=port, token=token))
+    app = create_app(source, ApiSettings(port=port, token=token))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -56,13 +56,13 @@ def _serve(token: str | None) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def dashboard_url() -> Iterator[str]:
-    yield from _serve(None)
+    yield from _serve(InMemorySource([cache_status()]))
 
 
 @pytest.fixture(scope="module")
 def guarded_url() -> Iterator[str]:
     """The same page on an API with a token: the data endpoints answer 401 without it."""
-    yield from _serve(TOKEN)
+    yield from _serve(InMemorySource([cache_status()]), TOKEN)
 
 
 def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -107,3 +107,16 @@ def test_screenshot(dashboard_url: str, tmp_path: Path) -> None:
     shot.unlink(missing_ok=True)
     out = _chromium(tmp_path, f"--screenshot={shot}", dashboard_url)
     assert shot.is_file() and shot.stat().st_size > 10_000, out.stderr[-2000:]
+
+
+def test_sweep_section_lists_the_trials(tmp_path: Path) -> None:
+    trial = experiment("sw-t0-abc123")
+    trial.info = {"sweep": "sw", "trial": "sw-t0", "trial_id": "t0", "values": {"training.lr": 0.01}}
+    served = _serve(InMemorySource([cache_status(experiments=[trial, experiment()])]))
+    url = next(served)
+    try:
+        out = _chromium(tmp_path, "--dump-dom", url)
+    finally:
+        next(served, None)
+    assert 'data-sweep="sw"' in out.stdout and 'data-trial="sw-t0"' in out.stdout, out.stderr[-2000:]
+    assert "training.lr=0.01" in out.stdout and 'id="error" style="display: none;"' in out.stdout
