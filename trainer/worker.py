@@ -22,8 +22,8 @@ import torch
 import torch.distributed as dist
 
 from cache_service.sdk import Experiment
+from cache_service.sdk.device import DeviceVolumes
 from common.config import config_from_dict
-from trainer.device_crops import DeviceVolumes
 from trainer.loader import PreprocessingBatchStream
 from trainer.model import AmpPolicy, build_loss, build_model, build_optimizer
 from trainer.staging import DeviceStager

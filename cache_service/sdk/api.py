@@ -29,6 +29,7 @@ from cache_service import client
 from cache_service.recovery import ResilientCache
 from cache_service.sdk import protocol
 from cache_service.sdk.batches import ConsumerSettings, CropBatches, CropDataset
+from cache_service.sdk.device import DeviceVolumes
 from cache_service.snapshot import Snapshot
 from cache_service.status import CacheStatus, ExperimentStatus, SamplerReport
 from common.catalog import Catalog, fingerprint, load_catalog
@@ -36,7 +37,6 @@ from common.chain import UserChain, split_user_chain
 from common.config import AugmentConfig, ExperimentConfig, SamplerConfig, config_from_dict
 from common.preprocess import Preprocessor
 from common.volume import PreparedVolume
-from trainer.device_crops import DeviceVolumes
 
 
 def _init_ray(address: str | None) -> None:
@@ -109,7 +109,7 @@ class Experiment:
         """This rank's crop batches for ``epoch``: dicts of ``image`` (B, C, *patch) float32,
         ``label`` (B, 1, *patch) uint8 and ``positive`` (B,) bool. Use ``with`` or iterate to the end.
 
-        Pass the same ``device_volumes`` (a :class:`trainer.device_crops.DeviceVolumes` for your
+        Pass the same ``device_volumes`` (a :class:`cache_service.sdk.device.DeviceVolumes` for your
         GPU) every epoch to cut crops on the GPU from volumes uploaded once per pool generation.
 
         Raises :class:`~common.errors.DataError` if a volume is smaller than ``patch_size``.

@@ -37,12 +37,12 @@ from ray.actor import ActorHandle
 
 from cache_service import client
 from cache_service.sdk.batches import ConsumerSettings, CropBatches
+from cache_service.sdk.device import DeviceVolumes
 from cache_service.snapshot import Snapshot
 from cache_service.status import ExperimentStatus, SamplerReport
 from common.config import SamplerConfig
 from common.errors import UnknownItemError
 from common.ratio import error_indices, next_ratio
-from trainer.device_crops import DeviceVolumes
 from trainer.validation import dice_per_class  # the validation actor's Dice, so both report the same
 
 
