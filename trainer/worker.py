@@ -21,8 +21,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from cache_service.sdk import Experiment
-from cache_service.sdk.device import DeviceVolumes
+from cache_service.sdk import DeviceVolumes, Experiment
 from common.config import config_from_dict
 from trainer.loader import PreprocessingBatchStream
 from trainer.model import AmpPolicy, build_loss, build_model, build_optimizer
