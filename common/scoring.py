@@ -104,7 +104,8 @@ def to_class_maps(x: Any, num_classes: int, name: str = "pred") -> np.ndarray:
                                                 f"(num_classes={num_classes}, 0/1 values summing to 1 per voxel); for "
                                                 f"probabilities or scores, {ARGMAX_HINT}; a batch of class maps "
                                                 f"(B, X, Y, Z) needs its channel, x[:, None]; accepted: {ACCEPTED}")
-    return maps.astype(np.uint8 if num_classes <= 256 else np.int64, copy=False)
+    # writeable: torch.from_numpy warns on the read-only views the object store hands out
+    return np.require(maps, np.uint8 if num_classes <= 256 else np.int64, requirements="CW")
 
 
 def score(pred: Any, label: Any, num_classes: int, formula: str = "stable") -> list[CaseScore]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -159,3 +160,13 @@ def test_the_sdks_validation_numbers_score_mixed_forms_and_lists() -> None:
     maps = np.stack([p for p, _ in pairs]), np.stack([y for _, y in pairs])
     np.testing.assert_allclose(result.dice_per_class, _monai_dice(*maps, "mean_batch"), atol=1e-6)
     assert result == summarise(4, score(maps[0][:, None], maps[1][:, None], C), C, SamplerConfig(), 1.0)
+
+
+def test_read_only_volumes_from_the_object_store_score_without_a_warning() -> None:
+    pred, label = _organ_with_lesion()
+    cached = label[None].astype(np.uint8)
+    cached.flags.writeable = False  # what ray.get hands out for a cached validation volume
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "NumPy array is not writable" would fail here
+        [case] = score(pred, cached, C)
+    assert case == score(pred, label, C)[0]
