@@ -81,9 +81,13 @@ def test_one_hot_is_no_longer_misread() -> None:
 def test_batched_inputs_are_one_case_each() -> None:
     pairs = [_organ_with_lesion(shift) for shift in (0, 1, 3)]
     preds, labels = np.stack([p for p, _ in pairs]), np.stack([y for _, y in pairs])
-    cases = score(one_hot(torch.from_numpy(preds)[:, None], C), torch.from_numpy(labels)[:, None], C)
+    pred_in, label_in = one_hot(torch.from_numpy(preds)[:, None], C), torch.from_numpy(labels)[:, None]
+    cases = score(pred_in, label_in, C)
     assert len(cases) == 3
     np.testing.assert_allclose([c.dice for c in cases], _monai_dice(preds, labels), atol=1e-6)
+    metric = DiceMetric(include_background=False, reduction="none", num_classes=C)  # the very same tensors
+    metric(y_pred=pred_in, y=label_in)
+    np.testing.assert_allclose([c.dice for c in cases], metric.aggregate().numpy(), atol=1e-6)
     result = summarise(0, cases, C, SamplerConfig(), 1.0)
     np.testing.assert_allclose(result.dice_per_class, _monai_dice(preds, labels, "mean_batch"), atol=1e-6)
     assert result.mean_dice == pytest.approx(float(np.mean(result.dice_per_class)))
