@@ -245,7 +245,7 @@ class Consumer:
         import monai.data  # noqa: F401 -- imports paid before the memory baseline
         import torch  # noqa: F401
 
-        import trainer.datapath  # noqa: F401
+        import cache_service.sdk.stream  # noqa: F401
         self.keep: Any = None
 
     def pid(self) -> int:
@@ -256,7 +256,7 @@ class Consumer:
         import ray
 
         from cache_service.client import attach, call
-        from trainer.datapath import CropBatchStream
+        from cache_service.sdk.stream import CropBatchStream
 
         handle = attach(fp, namespace)
         call(handle, "register", experiment)

@@ -29,13 +29,14 @@ import ray
 from ray.exceptions import RayError, RayTaskError
 
 from cache_service.pool import CacheBook, PrepMeta, budget_for_store
-from cache_service.registry import ExperimentRegistry, end_epoch, load_state, rotate_if_fair, save_state
+from cache_service.registry import ExperimentRegistry, end_epoch, load_state, save_state
 from cache_service.snapshot import Snapshot
 from cache_service.status import CacheStatus, FaultEvent, SamplerReport
 from cache_service.tasks import prepare_item
 from common.catalog import Catalog, Record
 from common.config import CacheConfig
 from common.errors import CacheUnavailableError, describe_error
+from common.fair_rotation import rotation_due
 
 log = logging.getLogger(__name__)
 
@@ -256,8 +257,9 @@ class SmartCacheService:
             for key in [k for k in self._epoch_snapshots if k[0] == experiment_id]:
                 del self._epoch_snapshots[key]
             gone = self.registry.unregister(experiment_id, time.time())
-            if gone:  # the pool may have been waiting only for this experiment
-                rotate_if_fair(self.registry, self.book, time.time(), self.cfg.experiment_timeout_s)
+            if gone and rotation_due(self.book.plan.generation, self.registry.attached(), time.time(),
+                                     self.cfg.experiment_timeout_s):  # it may have been the only one waited for
+                self.book.rotate()
             self._save()
             return gone
 

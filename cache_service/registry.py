@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from cache_service.status import ExperimentStatus, FaultEvent, RegistryState, SamplerReport
 from common.atomic import atomic_write
 from common.errors import UnknownItemError
-from common.fair_rotation import Attached, CycleProgress, advance_cycle, holding_back
+from common.fair_rotation import Attached, CycleProgress, advance_cycle, holding_back, rotation_due
 
 if TYPE_CHECKING:
     from cache_service.pool import CacheBook
@@ -81,11 +81,14 @@ class ExperimentRegistry:
         exp.cycle_coverage = cycle.coverage(active)
         return exp
 
+    def attached(self) -> dict[str, Attached]:
+        """What the fair-rotation rule (:mod:`common.fair_rotation`) needs to know of each attached experiment."""
+        return {k: Attached(e.done_generation, e.last_report_at or e.registered_at)
+                for k, e in self._experiments.items()}
+
     def holding_back(self, generation: int, now: float, stale_after_s: float) -> list[str]:
         """Attached experiments that the rotation to the next generation still waits for."""
-        attached = {k: Attached(e.done_generation, e.last_report_at or e.registered_at)
-                    for k, e in self._experiments.items()}
-        return holding_back(generation, attached, now, stale_after_s)
+        return holding_back(generation, self.attached(), now, stale_after_s)
 
     def publish_sampler(self, experiment_id: str, ratio: float, r_fp: float, r_fn: float,
                         dice_per_class: Sequence[float], mean_dice: float, epoch: int, now: float) -> SamplerReport:
@@ -148,6 +151,7 @@ def load_state(path: Path) -> RegistryState | None:
         log.warning("ignoring unreadable registry state %s: %s", path, err)
         return None
 
+
 def end_epoch(registry: ExperimentRegistry, book: "CacheBook", experiment_id: str, epoch: int,
               metrics: dict[str, float] | None, trained_on: tuple[int, Sequence[str]] | None, now: float,
               stale_after_s: float, rotate: bool = True) -> bool:
@@ -159,12 +163,7 @@ def end_epoch(registry: ExperimentRegistry, book: "CacheBook", experiment_id: st
     registry.report_progress(experiment_id, epoch, metrics, now)
     if trained_on is not None:
         registry.record_epoch(experiment_id, trained_on[0], trained_on[1], book.plan.pool + book.plan.waiting)
-    return rotate and rotate_if_fair(registry, book, now, stale_after_s)
-
-
-def rotate_if_fair(registry: ExperimentRegistry, book: "CacheBook", now: float, stale_after_s: float) -> bool:
-    """Rotate when someone is attached and nobody live is still owed the current generation."""
-    if not len(registry) or registry.holding_back(book.plan.generation, now, stale_after_s):
+    if not (rotate and rotation_due(book.plan.generation, registry.attached(), now, stale_after_s)):
         return False
     rot = book.rotate()
     return bool(rot.entering or rot.leaving)

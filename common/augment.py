@@ -8,7 +8,7 @@ Intensity transforms modify a writeable input in place (pass a copy to keep it);
 ``augment_batch`` copies the batch first unless told it may work in place.
 
 Each transform first ``draw``s its random parameters (None when it does not fire) and then
-applies them, so another executor -- the device crop path in ``trainer/device_crops.py`` --
+applies them, so another executor -- the device crop path in ``cache_service/sdk/device.py`` --
 can take exactly the same draws from the same generator and apply them to tensors on a GPU.
 
 Intensity transforms follow MONAI's definitions: the shift adds an *absolute* offset

@@ -23,7 +23,7 @@ import numpy as np
 FORMULAS = ("stable", "plain")
 
 
-def _as_numpy(x: Any) -> np.ndarray:
+def as_numpy(x: Any) -> np.ndarray:
     """Accept numpy arrays or torch tensors (on any device) without importing torch here."""
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
@@ -55,7 +55,7 @@ def error_indices(pred: Any, label: Any, num_classes: int, formula: str = "stabl
     """
     if formula not in FORMULAS:
         raise ValueError(f"formula must be one of {FORMULAS}, got {formula!r}")
-    pred_np, label_np = _as_numpy(pred), _as_numpy(label)
+    pred_np, label_np = as_numpy(pred), as_numpy(label)
     if pred_np.shape != label_np.shape:
         raise ValueError(f"pred shape {pred_np.shape} does not match label shape {label_np.shape}")
     per_class = [_class_indices(*class_counts(pred_np, label_np, c), formula) for c in range(1, num_classes)]

@@ -80,14 +80,16 @@ def _module(mod: ModuleType, names: list[str]) -> list[str]:
 
 def render() -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from cache_service.sdk import api, batches, protocol
-    from common import chain, fair_rotation
+    from cache_service.sdk import api, batches, device, protocol
+    from common import chain, fair_rotation, scoring
 
     sections = [
         (api, ["SmartCache", "Experiment"]),
         (batches, ["ConsumerSettings", "CropBatches", "CropDataset", "apply_suffix"]),
+        (device, ["DeviceVolumes"]),
         (protocol, ["attach", "register", "epoch_snapshot", "crop_batches", "finish_epoch", "validation_snapshot",
-                    "ValidationNumbers", "validation_numbers", "publish_ratio", "unregister"]),
+                    "validation_numbers", "publish_ratio", "unregister"]),
+        (scoring, ["ValidationResult", "to_class_maps", "score", "summarise"]),
         (chain, ["UserChain", "CropSpec", "split_user_chain", "check_cacheable", "chain_identity"]),
         (fair_rotation, ["holding_back", "rotation_due", "CycleProgress", "advance_cycle"]),
     ]

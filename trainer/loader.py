@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from cache_service.sdk.stream import Batch, shard
 from common.augment import augment_batch
 from common.catalog import Record
 from common.config import AugmentConfig, SamplerConfig
 from common.preprocess import Preprocessor
 from common.sampling import sample_crops
-from trainer.datapath import Batch, shard
 
 __all__ = ["PreprocessCropDataset", "PreprocessingBatchStream"]
 
@@ -53,7 +53,7 @@ class PreprocessCropDataset(Dataset):
 class PreprocessingBatchStream:
     """Crop batches for one worker and one epoch from a process ``DataLoader``; a context manager.
 
-    Like :class:`trainer.datapath.CropBatchStream`: the shard is this rank's part of the
+    Like :class:`cache_service.sdk.stream.CropBatchStream`: the shard is this rank's part of the
     same global shuffle, and with ``steps`` the shard is cycled until that many batches
     are delivered.
     """

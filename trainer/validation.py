@@ -3,7 +3,9 @@
 ``Validator`` is a plain class: the launcher wraps it in ``ray.remote`` so it runs beside
 the trainers, and the tests drive it directly. It keeps its own copy of the network,
 loads the weights each epoch hands it, segments every cached validation volume and turns
-the errors into the next positive:negative ratio for the trainers.
+the errors into the next positive:negative ratio for the trainers. The scoring (Dice,
+r_FP, r_FN, the next ratio) is :mod:`common.scoring`, the same an SDK user's
+``Experiment.report_validation`` runs, so both publish the same numbers for one prediction.
 
 Given several devices (the GPUs of a validation actor with ``validation.num_gpus >= 2``) it
 keeps one replica per device and splits the volumes across them, one thread per device, as
@@ -14,37 +16,17 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
-from monai.metrics import compute_dice
-from monai.networks.utils import one_hot
 from monai.transforms import KeepLargestConnectedComponent
 
 from common.config import ExperimentConfig
-from common.ratio import error_indices, next_ratio
+from common.scoring import CaseScore, ValidationResult, score, summarise
 from common.volume import PreparedVolume
 from trainer.model import AmpPolicy, build_model
-
-
-@dataclass(frozen=True)
-class ValidationResult:
-    """One validation round: Dice per foreground class, error indices and the next ratio."""
-
-    epoch: int
-    dice_per_class: tuple[float, ...]  # classes 1..K-1
-    mean_dice: float
-    r_fp: float
-    r_fn: float
-    ratio: float
-    seconds: float
-    case_dice: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def predict_volume(model: torch.nn.Module, image: np.ndarray, cfg: ExperimentConfig, num_classes: int,
@@ -61,13 +43,6 @@ def predict_volume(model: torch.nn.Module, image: np.ndarray, cfg: ExperimentCon
         klcc = KeepLargestConnectedComponent(applied_labels=list(range(1, num_classes)), independent=True)
         pred = klcc(pred)
     return np.asarray(torch.as_tensor(pred)[0].cpu().numpy(), dtype=np.int64)
-
-
-def dice_per_class(pred: np.ndarray, label: np.ndarray, num_classes: int) -> np.ndarray:
-    """Dice of each foreground class (1..K-1); a class absent from both maps scores 1."""
-    p = one_hot(torch.as_tensor(pred)[None, None].long(), num_classes)
-    y = one_hot(torch.as_tensor(label)[None, None].long(), num_classes)
-    return compute_dice(p, y, include_background=False, ignore_empty=False)[0].cpu().numpy()
 
 
 def visible_devices(use_gpu: bool) -> list[torch.device]:
@@ -97,15 +72,12 @@ class Validator:
         for replica in self.replicas:
             replica.load_state_dict(clean)
 
-    def _score(self, k: int, vol: PreparedVolume) -> tuple[np.ndarray, float, float]:
-        """Dice per class and (r_FP, r_FN) of one volume on replica ``k``."""
+    def _score(self, k: int, vol: PreparedVolume) -> CaseScore:
+        """Dice per class and (r_FP, r_FN) of one volume on replica ``k`` (the scoring every consumer uses)."""
         pred = predict_volume(self.replicas[k], vol.image, self.cfg, self.num_classes, self.devices[k])
-        label = np.asarray(vol.label[0])
-        d = dice_per_class(pred, label, self.num_classes)
-        r_fp, r_fn = error_indices(pred, label, self.num_classes, self.cfg.sampler.formula)
-        return d, r_fp, r_fn
+        return score(pred, vol.label, self.num_classes, self.cfg.sampler.formula)[0]
 
-    def _score_all(self, volumes: Sequence[PreparedVolume]) -> list[tuple[np.ndarray, float, float]]:
+    def _score_all(self, volumes: Sequence[PreparedVolume]) -> list[CaseScore]:
         """Scores in volume order; volume i runs on replica i mod (number of devices)."""
         n = len(self.replicas)
         if n == 1:
@@ -120,16 +92,9 @@ class Validator:
         start = time.perf_counter()
         self.load_weights(state_dict)
         scores = self._score_all(volumes)
-        dices = [d for d, _, _ in scores]
-        fps = [r_fp for _, r_fp, _ in scores]
-        fns = [r_fn for _, _, r_fn in scores]
-        per_case = {vol.item_id: float(np.mean(d)) for vol, (d, _, _) in zip(volumes, scores)}
-        per_class = np.mean(dices, axis=0) if dices else np.zeros(self.num_classes - 1)
-        r_fp, r_fn = float(np.mean(fps)) if fps else 1.0, float(np.mean(fns)) if fns else 1.0
-        if self.cfg.sampler.adaptive:
-            self.ratio = next_ratio(r_fp, r_fn, self.cfg.sampler.gamma, self.cfg.sampler.ratio_bounds)
-        result = ValidationResult(epoch, tuple(float(x) for x in per_class), float(np.mean(per_class)),
-                                  r_fp, r_fn, float(self.ratio), time.perf_counter() - start, per_case)
+        result = summarise(epoch, scores, self.num_classes, self.cfg.sampler, self.ratio,
+                           case_ids=[v.item_id for v in volumes], seconds=time.perf_counter() - start)
+        self.ratio = result.ratio
         self.history.append(result)
         if self.publish is not None:
             self.publish(result)

@@ -34,9 +34,10 @@ from common.catalog import Record
 from common.config import ExperimentConfig
 from common.errors import SmartCacheError
 from common.preprocess import Preprocessor
+from common.scoring import ValidationResult
 from common.volume import PreparedVolume
 from trainer.run_state import RunState
-from trainer.validation import ValidationResult, Validator, predict_volume
+from trainer.validation import Validator, predict_volume
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,7 @@ class ValidationService:
 
     def _publish(self, result: ValidationResult) -> None:
         if self.cache is not None:  # the baseline has no cache: trainers read ratio() instead
-            numbers = protocol.ValidationNumbers(result.dice_per_class, result.mean_dice, result.r_fp, result.r_fn,
-                                                 result.ratio)
-            protocol.publish_ratio(self.cache, self.experiment_id, result.epoch, numbers)
+            protocol.publish_ratio(self.cache, self.experiment_id, result.epoch, result)
 
     def ratio(self) -> float:
         """The latest pos/neg ratio, for trainers when there is no cache registry to hold it."""

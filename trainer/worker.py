@@ -23,13 +23,12 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from cache_service.sdk import Experiment
+from cache_service.sdk import DeviceVolumes, Experiment
 from common.catalog import Record
 from common.config import ExperimentConfig
 from common.errors import StorageError
 from common.preprocess import Preprocessor
 from trainer.checkpoints import load_checkpoint, write_checkpoint
-from trainer.device_crops import DeviceVolumes
 from trainer.failures import NonFiniteLossError
 from trainer.loader import PreprocessingBatchStream
 from trainer.model import AmpPolicy, build_loss, build_model, build_optimizer

@@ -6,10 +6,11 @@ Imports torch and MONAI: the cache actor's process never imports this package (s
 
 from cache_service.sdk.api import Experiment, SmartCache
 from cache_service.sdk.batches import ConsumerSettings, CropBatches, CropDataset, apply_suffix
-from cache_service.sdk.protocol import ValidationNumbers
+from cache_service.sdk.device import DeviceVolumes
 from cache_service.snapshot import Snapshot
 from cache_service.status import CacheStatus, ExperimentStatus, SamplerReport
 from common.chain import CropSpec, UserChain, split_user_chain
+from common.scoring import ValidationResult
 
 __all__ = [
     "CacheStatus",
@@ -17,13 +18,14 @@ __all__ = [
     "CropBatches",
     "CropDataset",
     "CropSpec",
+    "DeviceVolumes",
     "Experiment",
     "ExperimentStatus",
     "SamplerReport",
     "SmartCache",
     "Snapshot",
     "UserChain",
-    "ValidationNumbers",
+    "ValidationResult",
     "apply_suffix",
     "split_user_chain",
 ]

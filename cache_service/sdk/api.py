@@ -28,6 +28,7 @@ from cache_service import client
 from cache_service.recovery import ResilientCache
 from cache_service.sdk import protocol
 from cache_service.sdk.batches import ConsumerSettings, CropBatches, CropDataset
+from cache_service.sdk.device import DeviceVolumes
 from cache_service.snapshot import Snapshot
 from cache_service.status import CacheStatus, ExperimentStatus, SamplerReport
 from common.catalog import Catalog, fingerprint, load_catalog
@@ -35,8 +36,8 @@ from common.chain import UserChain, split_user_chain
 from common.config import AugmentConfig, ExperimentConfig, SamplerConfig, config_from_dict
 from common.ids import check_experiment_id
 from common.preprocess import Preprocessor
+from common.scoring import ValidationResult
 from common.volume import PreparedVolume
-from trainer.device_crops import DeviceVolumes
 
 
 def _init_ray(address: str | None) -> None:
@@ -109,7 +110,7 @@ class Experiment:
         """This rank's crop batches for ``epoch``: dicts of ``image`` (B, C, *patch) float32,
         ``label`` (B, 1, *patch) uint8 and ``positive`` (B,) bool. Use ``with`` or iterate to the end.
 
-        Pass the same ``device_volumes`` (a :class:`trainer.device_crops.DeviceVolumes` for your
+        Pass the same ``device_volumes`` (a :class:`cache_service.sdk.device.DeviceVolumes` for your
         GPU) every epoch to cut crops on the GPU from volumes uploaded once per pool generation.
 
         Raises :class:`~common.errors.DataError` if a volume is smaller than ``patch_size``.
@@ -143,12 +144,20 @@ class Experiment:
         return [ray.get(r) for r in snap.refs]
 
     def report_validation(self, epoch: int, pred: Any, label: Any) -> SamplerReport:
-        """Measure Dice, r_FP, r_FN on class maps (one array, or lists of per-case arrays); publish the next ratio."""
+        """Measure Dice, r_FP, r_FN and publish the next ratio; returns what the cache stored.
+
+        ``pred``/``label``: one case or a batch, or lists of them, as MONAI users hold them: class
+        maps ((X, Y, Z), (1, X, Y, Z), (B, 1, X, Y, Z)) or one-hot ((C, X, Y, Z), (B, C, X, Y, Z)),
+        torch, numpy or MetaTensor; pred and label may differ in form. Logits or probabilities
+        are refused (take the argmax first). Dice is MONAI's, foreground classes only
+        (see :mod:`common.scoring`).
+        """
         preds, labels = (pred, label) if isinstance(pred, (list, tuple)) else ([pred], [label])
-        numbers = protocol.validation_numbers(preds, labels, self.num_classes, self.settings.sampler, self.ratio)
+        numbers = protocol.validation_numbers(preds, labels, self.num_classes, self.settings.sampler, self.ratio,
+                                              epoch=epoch)
         return protocol.publish_ratio(self.cache, self.id, epoch, numbers)
 
-    def publish_validation(self, epoch: int, numbers: protocol.ValidationNumbers) -> SamplerReport:
+    def publish_validation(self, epoch: int, numbers: ValidationResult) -> SamplerReport:
         """Publish numbers measured elsewhere (the project's validation actor measures its own)."""
         return protocol.publish_ratio(self.cache, self.id, epoch, numbers)
 

@@ -1,6 +1,6 @@
 """The consumer side of an epoch: this rank's shard of a snapshot as crop batches, and a DataLoader form.
 
-:class:`CropBatches` wraps :class:`trainer.datapath.CropBatchStream` (the background crop
+:class:`CropBatches` wraps :class:`cache_service.sdk.stream.CropBatchStream` (the background crop
 producer) and adds what belongs to one consumer rather than to the shared cache:
 
 * the patch-size check: a volume smaller than *this* experiment's patch raises a
@@ -22,12 +22,12 @@ import torch
 from monai.transforms import Compose
 from torch.utils.data import IterableDataset, get_worker_info
 
+from cache_service.sdk.device import DeviceCutter, DeviceVolumes
+from cache_service.sdk.stream import Batch, BatchProducerError, CropBatchStream
 from cache_service.snapshot import Snapshot
 from common.config import AugmentConfig, SamplerConfig
 from common.errors import ConfigError, SmartCacheError
 from common.volume import PreparedVolume
-from trainer.datapath import Batch, BatchProducerError, CropBatchStream
-from trainer.device_crops import DeviceCutter, DeviceVolumes
 
 NO_AUGMENT = AugmentConfig(flip_prob=0.0, shift_prob=0.0)
 

@@ -29,21 +29,18 @@ handle that re-attaches after a cache restart): every call goes through :func:`_
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-import numpy as np
 from ray.actor import ActorHandle
 
 from cache_service import client
 from cache_service.sdk.batches import ConsumerSettings, CropBatches
+from cache_service.sdk.device import DeviceVolumes
 from cache_service.snapshot import Snapshot
 from cache_service.status import ExperimentStatus, SamplerReport
 from common.config import SamplerConfig
 from common.errors import UnknownItemError
-from common.ratio import error_indices, next_ratio
-from trainer.device_crops import DeviceVolumes
-from trainer.validation import dice_per_class  # the validation actor's Dice, so both report the same
+from common.scoring import ValidationResult, score, summarise  # the validation actor's scoring too
 
 
 def _call(cache: Any, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -103,43 +100,21 @@ def validation_snapshot(cache: ActorHandle) -> Snapshot:
     return _call(cache, "val_snapshot")
 
 
-@dataclass(frozen=True)
-class ValidationNumbers:
-    """What one validation round measured, and the ratio it asks for next."""
-
-    dice_per_class: tuple[float, ...]  # foreground classes 1..K-1
-    mean_dice: float
-    r_fp: float
-    r_fn: float
-    ratio: float
-
-
 def validation_numbers(preds: Sequence[Any], labels: Sequence[Any], num_classes: int,
-                       sampler: SamplerConfig, current_ratio: float) -> ValidationNumbers:
-    """Dice, r_FP, r_FN (means over cases) and the next ratio r' = (r_FN / r_FP) ** gamma, clamped."""
+                       sampler: SamplerConfig, current_ratio: float, *, epoch: int) -> ValidationResult:
+    """Dice, r_FP, r_FN (means over cases) and the next ratio r' = (r_FN / r_FP) ** gamma, clamped.
+
+    Each element of ``preds``/``labels`` is one case or a batch, in any form MONAI users hold
+    (class maps or one-hot, batched or not, torch or numpy: :mod:`common.scoring`).
+    """
     if len(preds) != len(labels) or not preds:
         raise ValueError(f"need matching, non-empty predictions and labels, got {len(preds)} and {len(labels)}")
-    dices, fps, fns = [], [], []
-    for pred, label in zip(preds, labels):
-        p, t = _class_map(pred), _class_map(label)
-        r_fp, r_fn = error_indices(p, t, num_classes, sampler.formula)
-        dices.append(dice_per_class(p, t, num_classes))
-        fps.append(r_fp)
-        fns.append(r_fn)
-    per_class = tuple(float(x) for x in np.mean(dices, axis=0))
-    r_fp, r_fn = float(np.mean(fps)), float(np.mean(fns))
-    ratio = next_ratio(r_fp, r_fn, sampler.gamma, sampler.ratio_bounds) if sampler.adaptive else current_ratio
-    return ValidationNumbers(per_class, float(np.mean(per_class)) if per_class else 0.0, r_fp, r_fn, ratio)
-
-
-def _class_map(x: Any) -> np.ndarray:
-    """A class-index map as numpy; a leading singleton channel (1, X, Y, Z) is dropped."""
-    arr = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
-    return arr[0] if arr.ndim == 4 and arr.shape[0] == 1 else arr
+    cases = [case for pred, label in zip(preds, labels) for case in score(pred, label, num_classes, sampler.formula)]
+    return summarise(epoch, cases, num_classes, sampler, current_ratio)
 
 
 # 7. publish the ratio -------------------------------------------------------------------------
-def publish_ratio(cache: ActorHandle, experiment_id: str, epoch: int, numbers: ValidationNumbers) -> SamplerReport:
+def publish_ratio(cache: ActorHandle, experiment_id: str, epoch: int, numbers: ValidationResult) -> SamplerReport:
     """Store a validation result; the experiment's next snapshot carries ``numbers.ratio``."""
     return _call(cache, "publish_sampler", experiment_id, numbers.ratio, numbers.r_fp, numbers.r_fn,
                        list(numbers.dice_per_class), numbers.mean_dice, epoch)

@@ -58,6 +58,21 @@ def _warm_book(cache_num: int = 4, rate: float = 0.5) -> CacheBook:
     return book
 
 
+def test_end_epoch_rotates_exactly_when_the_rule_says() -> None:
+    """The registry has no rule of its own: end_epoch rotates when common.fair_rotation.rotation_due is true."""
+    book, reg = _warm_book(), ExperimentRegistry()
+    for name in ("fast", "slow"):
+        reg.register(name, None, now=0.0)
+    gen, ids, _ = book.snapshot()
+    assert not end_epoch(reg, book, "fast", 0, None, (gen, ids), now=1.0, stale_after_s=60)
+    assert not rotation_due(gen, reg.attached(), now=1.0, stale_after_s=60) and book.plan.generation == gen
+    assert reg.holding_back(gen, now=1.0, stale_after_s=60) == ["slow"]
+    assert rotation_due(gen, reg.attached(), now=62.0, stale_after_s=60)  # "slow" went silent past the timeout
+    assert end_epoch(reg, book, "slow", 0, None, (gen, ids), now=3.0, stale_after_s=60)
+    assert book.plan.generation == gen + 1
+    assert not end_epoch(reg, book, "fast", 1, None, (gen, ids), now=4.0, stale_after_s=60, rotate=False)
+
+
 def _replenish(book: CacheBook) -> None:
     """Replacements are always ready in time (the pump's job)."""
     for item in book.next_train_jobs():

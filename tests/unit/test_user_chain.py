@@ -136,13 +136,13 @@ def test_validation_numbers_follow_eq_4_to_6() -> None:
     label[2:6, 2:6, 2:6] = 1
     pred = np.zeros_like(label)
     pred[2:6, 2:6, 2:4] = 1  # half the organ found, no false positives
-    n = validation_numbers([pred], [label[None]], 2, SamplerConfig(), current_ratio=1.0)
+    n = validation_numbers([pred], [label[None]], 2, SamplerConfig(), current_ratio=1.0, epoch=0)
     tp, fn = 32, 32
     assert n.dice_per_class == pytest.approx((2 * tp / (2 * tp + fn),))
     union = fn + tp  # no false positives (Eq. 5-6: denominators FP + FN + TP)
     assert n.r_fp == pytest.approx(tp / union) and n.r_fn == pytest.approx((fn + tp) / union)
     assert n.ratio == pytest.approx(n.r_fn / n.r_fp)  # more positives: the model misses foreground
-    fixed = validation_numbers([pred], [label], 2, SamplerConfig(adaptive=False), current_ratio=0.7)
+    fixed = validation_numbers([pred], [label], 2, SamplerConfig(adaptive=False), current_ratio=0.7, epoch=0)
     assert fixed.ratio == 0.7
 
 

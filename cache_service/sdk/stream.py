@@ -1,8 +1,9 @@
 """The consumer side of the data path: cached volumes in, augmented crop batches out.
 
-A trainer worker gets an epoch snapshot of pool refs, takes its shard, and background
-threads turn volumes into batches while the GPU trains on the previous ones. Ray stays
-out of this module: ``fetch`` is ``ray.get`` in production (zero-copy, read-only shared
+Every consumer (the project's Ray Train workers as much as a user's own loop) gets an epoch
+snapshot of pool refs, takes its shard, and background threads turn volumes into batches
+while the GPU trains on the previous ones; so this lives in the SDK, not in the trainer app.
+Ray stays out of this module: ``fetch`` is ``ray.get`` in production (zero-copy, read-only shared
 memory) and the identity in tests.
 
 Determinism with several threads: one planner thread makes every random decision from
@@ -82,7 +83,7 @@ class BatchPlan:
 
 
 BatchCutter = Callable[[BatchPlan], Batch]
-"""Executes a batch plan: the host cutter below, or the device one (``trainer.device_crops``)."""
+"""Executes a batch plan: the host cutter below, or the device one (``cache_service.sdk.device``)."""
 
 
 def _augmentation_off(cfg: AugmentConfig) -> bool:

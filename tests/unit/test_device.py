@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_datapath import SAMPLER, VOLUMES, identity, make_volume
+from test_stream import SAMPLER, VOLUMES, identity, make_volume
 
+from cache_service.sdk.device import DeviceCutter, DeviceVolumes, crop_on_device
+from cache_service.sdk.stream import CropBatchStream
 from common.config import AugmentConfig, load_config
 from common.errors import ConfigError
-from trainer.datapath import CropBatchStream
-from trainer.device_crops import DeviceCutter, DeviceVolumes, crop_on_device
 
 CUDA = torch.cuda.is_available()
 BIG = 1 << 30
@@ -83,7 +83,8 @@ def test_border_crop_is_zero_outside_and_mirrored() -> None:
 
 
 def test_affine_augmentation_is_refused_with_the_fix() -> None:
-    with pytest.raises(ValueError, match="affine_prob"):
+    """An SDK user builds the cutter without a config: the cutter itself refuses, naming the field and the fix."""
+    with pytest.raises(ConfigError, match=r"'augmentation.affine_prob' = 0.5 .*no device_volumes, sampler.device=cpu"):
         _device_cutter(AugmentConfig(affine_prob=0.5))
 
 

@@ -6,7 +6,7 @@ shared memory, then one host-to-device copy), keeps it in device memory within
 ``sampler.gpu_cache_bytes``, and cuts positive/negative crops, flips and intensity
 augmentation on the device: per step only the crop positions cross the bus, not the voxels.
 
-Every random decision still comes from the planner of :class:`~trainer.datapath.CropBatchStream`
+Every random decision still comes from the planner of :class:`~cache_service.sdk.stream.CropBatchStream`
 (centres drawn from the cached class indices with the adaptive ratio, flips, an augmentation
 seed per batch), and the augmentation draws its parameters through the same ``draw`` methods
 as the CPU transforms, so for a given seed this path delivers exactly the crops of the host
@@ -23,16 +23,17 @@ from typing import Collection, Sequence
 import numpy as np
 import torch
 
-from common.augment import RandAffine, RandContrast, RandFlip, RandScaleIntensity, RandShiftIntensity, \
-    build_transforms, without_flip
+from cache_service.sdk.stream import Batch, BatchPlan
+from common.augment import RandContrast, RandFlip, RandScaleIntensity, RandShiftIntensity, build_transforms, \
+    without_flip
 from common.config import AugmentConfig
+from common.errors import ConfigError
 from common.sampling import crop_into
 from common.volume import PreparedVolume
-from trainer.datapath import Batch, BatchPlan
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DeviceCutter", "DeviceVolumes", "augment_on_device", "crop_on_device"]
+__all__ = ["DeviceCutter", "DeviceVolumes", "crop_on_device"]
 
 
 def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -107,9 +108,13 @@ def _contrast(x: torch.Tensor, gamma: float) -> None:
     x.copy_(torch.where(span > 1e-12, scaled, x))
 
 
-def augment_on_device(images: torch.Tensor, labels: torch.Tensor, cfg: AugmentConfig,
-                      rng: np.random.Generator) -> None:
-    """``common.augment.augment_batch`` on device tensors, in place, with the very same draws."""
+def _augment_on_device(images: torch.Tensor, labels: torch.Tensor, cfg: AugmentConfig,
+                       rng: np.random.Generator) -> None:
+    """``common.augment.augment_batch`` on device tensors, in place, with the very same draws.
+
+    There is no affine branch: :class:`DeviceCutter`, the only caller, refuses ``affine_prob > 0``
+    when it is built, so ``RandAffine`` never draws here.
+    """
     transforms = build_transforms(cfg)
     for i in range(images.shape[0]):
         for transform in transforms:
@@ -125,18 +130,17 @@ def augment_on_device(images: torch.Tensor, labels: torch.Tensor, cfg: AugmentCo
                 images[i] *= float(np.float32(params))
             elif isinstance(transform, RandContrast):
                 _contrast(images[i], params)
-            elif isinstance(transform, RandAffine):
-                raise ValueError("augmentation.affine_prob > 0 is not supported by sampler.device=cuda; "
-                                 "set augmentation.affine_prob=0 or sampler.device=cpu")
 
 
 class DeviceCutter:
     """Executes the planner's batch plans on ``device``: a drop-in ``cutter`` for CropBatchStream."""
 
     def __init__(self, volumes: DeviceVolumes, patch: Sequence[int], augment: AugmentConfig) -> None:
+        # the config refuses this pairing too (ExperimentConfig); an SDK user can build a cutter without a config
         if augment.affine_prob > 0:
-            raise ValueError("augmentation.affine_prob > 0 is not supported by sampler.device=cuda; "
-                             "set augmentation.affine_prob=0 or sampler.device=cpu")
+            raise ConfigError("augmentation.affine_prob", augment.affine_prob,
+                              "0 with the device crop path (it flips and shifts intensities but does not warp); "
+                              "or cut crops on the host (no device_volumes, sampler.device=cpu)")
         self.volumes, self.device = volumes, volumes.device
         self.patch = tuple(int(p) for p in patch)
         self.augment_rest = without_flip(augment)
@@ -164,6 +168,6 @@ class DeviceCutter:
             crop_on_device(images[i], held[0], c.centre, self.patch, plan.flips[i])
             crop_on_device(labels[i], held[1], c.centre, self.patch, plan.flips[i])
         if plan.augment_seed is not None:
-            augment_on_device(images, labels, self.augment_rest, np.random.default_rng(plan.augment_seed))
+            _augment_on_device(images, labels, self.augment_rest, np.random.default_rng(plan.augment_seed))
         positive = torch.tensor([c.positive for c in plan.crops], dtype=torch.bool)  # stays on the host
         return {"image": images, "label": labels, "positive": positive}

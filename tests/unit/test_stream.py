@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from cache_service.sdk.stream import BatchPlan, BatchProducerError, CropBatchStream, HostCutter, shard
 from common.config import AugmentConfig, SamplerConfig
 from common.volume import PreparedVolume, class_voxel_indices
-from trainer.datapath import BatchPlan, BatchProducerError, CropBatchStream, HostCutter, shard
 
 SAMPLER = SamplerConfig(patch_size=(8, 8, 8), samples_per_volume=3, ratio_bounds=(0.1, 10.0))
 AUG = AugmentConfig(flip_prob=0.5, shift_prob=0.5)
