@@ -59,3 +59,14 @@ class UnknownItemError(SmartCacheError, KeyError):
 
     def __str__(self) -> str:
         return f"unknown {self.kind} '{self.key}'"
+
+
+class ClusterUnavailableError(SmartCacheError, ConnectionError):
+    """This process could not join the Ray cluster at an address; the reason says whether one runs there."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        self.address, self.reason = address, reason
+        super().__init__(address, reason)
+
+    def __str__(self) -> str:
+        return f"cannot join the Ray cluster at '{self.address}': {self.reason}"

@@ -6,7 +6,7 @@ import pytest
 
 from cache_service.api.samples import cache_status
 from trainer.cli import build_parser, main
-from trainer.service_commands import format_status
+from cache_service.cli import format_status
 
 
 def test_parser_defaults() -> None:
