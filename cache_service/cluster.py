@@ -1,7 +1,8 @@
 """The one place a process starts or joins Ray: :func:`join_or_start`.
 
-The SDK's ``SmartCache.connect``, every ``smartcache`` command and the launcher's callers
-connect through it, so they agree on what an address means (``None``/``"local"``: a new
+The SDK's ``SmartCache.connect`` and every ``smartcache`` command that needs Ray (``train``
+and ``demo``, whose launcher then runs on that cluster; ``serve`` and ``stop``) connect
+through it, so they agree on what an address means (``None``/``"local"``: a new
 local cluster, never one another process left running here; ``"auto"``, ``HOST:PORT`` or
 ``$RAY_ADDRESS``: join a running one) and fail in the same words.
 

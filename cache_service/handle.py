@@ -91,36 +91,46 @@ class CacheHandle:
         return self._get(self.actor.ping.remote(), "ping()", timeout_s)
 
     def status(self) -> CacheStatus:
+        """Pool, budget, rotations, quarantine and every attached experiment."""
         return self._get(self.actor.status.remote(), "status()")
 
     def record_fault(self, experiment_id: str, event: FaultEvent) -> None:
+        """Count a consumer's fault (a trainer or validator restart) for its experiment."""
         self._get(self.actor.record_fault.remote(experiment_id, event), "record_fault()")
 
     def snapshot(self, experiment_id: str, epoch: int | None = None) -> Snapshot:
+        """The pool now (the same one for every caller of one ``epoch``) and the experiment's ratio."""
         return self._get(self.actor.snapshot.remote(experiment_id, epoch=epoch), "snapshot()")
 
     def val_snapshot(self) -> Snapshot:
+        """The cached validation volumes."""
         return self._get(self.actor.val_snapshot.remote(), "val_snapshot()")
 
     def register(self, experiment_id: str, info: dict[str, Any] | None = None) -> None:
+        """Attach an experiment: the pool does not rotate away from it unseen."""
         self._get(self.actor.register.remote(experiment_id, info), "register()")
 
     def unregister(self, experiment_id: str) -> bool:
+        """Detach an experiment; False if it was not attached."""
         return bool(self._get(self.actor.unregister.remote(experiment_id), "unregister()"))
 
     def report_progress(self, experiment_id: str, epoch: int, metrics: dict[str, float] | None = None) -> bool:
+        """An epoch is done; returns whether the pool rotated (once every experiment is done with it)."""
         return bool(self._get(self.actor.report_progress.remote(experiment_id, epoch, metrics), "report_progress()"))
 
     def publish_sampler(self, experiment_id: str, ratio: float, r_fp: float, r_fn: float,
                         dice_per_class: Sequence[float], mean_dice: float, epoch: int) -> SamplerReport:
+        """Store a validation result; the experiment's next snapshot carries ``ratio``."""
         ref = self.actor.publish_sampler.remote(experiment_id, ratio, r_fp, r_fn, list(dice_per_class), mean_dice,
                                                 epoch)
         return self._get(ref, "publish_sampler()")
 
     def get_ratio(self, experiment_id: str) -> float:
+        """The pos/neg ratio of the experiment's next snapshot."""
         return float(self._get(self.actor.get_ratio.remote(experiment_id), "get_ratio()"))
 
     def sampler_history(self, experiment_id: str) -> list[SamplerReport]:
+        """Every sampler update published for the experiment, oldest first."""
         return self._get(self.actor.sampler_history.remote(experiment_id), "sampler_history()")
 
     def stop(self) -> None:
