@@ -2,9 +2,9 @@
 
 ``SmartCacheService`` is a plain class; :mod:`cache_service.client` turns it into a named,
 detached, threaded Ray actor, and callers reach it through the typed
-:class:`cache_service.handle.CacheHandle` (one method per public method here). Public methods only read or update the :class:`CacheBook`
-under a lock and return at once, so a snapshot or a rotation never waits for
-preprocessing. A background thread submits preparation tasks, collects their results and
+:class:`cache_service.handle.CacheHandle` (one method per public method here). Public
+methods only read or update the :class:`CacheBook` under a lock and return at once, so a
+snapshot or a rotation never waits for preprocessing. A background thread submits preparation tasks, collects their results and
 frees the actor once no experiment has been attached for ``idle_timeout_s``.
 
 Faults: the actor is created with ``max_restarts``, so when its process dies Ray runs

@@ -52,8 +52,8 @@ def test_each_method_sends_its_own_actor_call_with_the_handles_timeout(monkeypat
     h.publish_sampler("e", 2.0, 0.1, 0.2, (0.9,), 0.9, 4)
     h.stop()
     assert actor.calls == [("get_ratio", ("e",), {}), ("report_progress", ("e", 3, {"loss": 0.1}), {}),
-                           ("snapshot", ("e",), {"epoch": 2}), ("publish_sampler", ("e", 2.0, 0.1, 0.2, [0.9], 0.9, 4), {}),
-                           ("stop", (), {})]
+                           ("snapshot", ("e",), {"epoch": 2}),
+                           ("publish_sampler", ("e", 2.0, 0.1, 0.2, [0.9], 0.9, 4), {}), ("stop", (), {})]
     assert timeouts == [7, 7, 7, 7, handle_module.STOP_TIMEOUT_S]
 
 
