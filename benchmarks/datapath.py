@@ -255,12 +255,12 @@ class Consumer:
                 seconds: float, seed: int, copy_threads: int) -> dict[str, float]:
         import ray
 
-        from cache_service.client import attach, call
+        from cache_service.client import attach
         from cache_service.sdk.stream import CropBatchStream
 
         handle = attach(fp, namespace)
-        call(handle, "register", experiment)
-        snap = call(handle, "snapshot", experiment, 0)
+        handle.register(experiment)
+        snap = handle.snapshot(experiment, 0)
         stream = CropBatchStream(snap.refs, ray.get, snap.ratio, sampler, augment, batch, seed=seed,
                                  steps=10 ** 9, copy_threads=copy_threads, keep_fetched=True)
         try:
@@ -322,7 +322,7 @@ class Row:
 def bench_dataset(root: Path, args: argparse.Namespace, stats_dir: Path, bar: Any) -> tuple[list[Row], dict]:
     import ray
 
-    from cache_service.client import get_or_create_cache, stop_cache, wait_until_ready, call
+    from cache_service.client import get_or_create_cache, stop_cache, wait_until_ready
     from common.catalog import fingerprint, load_catalog
     from common.config import config_from_dict
     from common.preprocess import build_preprocessor
@@ -379,8 +379,8 @@ def bench_dataset(root: Path, args: argparse.Namespace, stats_dir: Path, bar: An
         info["cache_build_s"] = time.perf_counter() - t0
         info["cache_bytes"] = status.bytes_cached
         info["store_bytes"] = store = object_store_used()
-        call(handle, "register", "bench-driver")
-        snap = call(handle, "snapshot", "bench-driver")
+        handle.register("bench-driver")
+        snap = handle.snapshot("bench-driver")
         volumes = ray.get(list(snap.refs))
         info["shapes"] = sorted({tuple(v.image.shape[1:]) for v in volumes})
         bar.update(1)

@@ -56,7 +56,8 @@ def bench_config(data: Path, out: Path, epochs: int) -> ExperimentConfig:
 
 
 def _cache_handle(cfg: ExperimentConfig) -> Any:
-    return attach(fingerprint(load_catalog(cfg.data.dataset_dir, cfg.data), cfg.preprocessing), cfg.cache.namespace)
+    return attach(fingerprint(load_catalog(cfg.data.dataset_dir, cfg.data), cfg.preprocessing), cfg.cache.namespace,
+                  timeout_s=5)
 
 
 def _answers(fn: Callable[[], Any]) -> Any:
@@ -69,9 +70,9 @@ def _answers(fn: Callable[[], Any]) -> Any:
 def _cache_back(cfg: ExperimentConfig, old_pid: int) -> bool:
     def ask() -> bool:
         handle = _cache_handle(cfg)
-        if ray.get(handle.ping.remote(), timeout=5)["pid"] == old_pid:
+        if handle.ping()["pid"] == old_pid:
             return False
-        return ray.get(handle.status.remote(), timeout=5).state == "ready"
+        return handle.status().state == "ready"
     return bool(_answers(ask))
 
 
@@ -94,7 +95,7 @@ def one_fault(kind: str, cfg: ExperimentConfig, run: Path, address: str, kill_at
     try:
         wait_for(lambda: trained_epochs(run) >= kill_at, 300, f"{kill_at} epochs", proc)
         if kind == "cache":
-            pid = int(ray.get(_cache_handle(cfg).ping.remote())["pid"])
+            pid = int(_cache_handle(cfg).ping()["pid"])
             back = lambda: _cache_back(cfg, pid)  # noqa: E731
         elif kind == "validator":
             handle = ray.get_actor(f"validator-{experiment_id(run)}", namespace=cfg.cache.namespace)

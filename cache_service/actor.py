@@ -1,9 +1,10 @@
 """The SmartCache service: one detached actor per fingerprint, shared by every experiment.
 
 ``SmartCacheService`` is a plain class; :mod:`cache_service.client` turns it into a named,
-detached, threaded Ray actor. Public methods only read or update the :class:`CacheBook`
-under a lock and return at once, so a snapshot or a rotation never waits for
-preprocessing. A background thread submits preparation tasks, collects their results and
+detached, threaded Ray actor, and callers reach it through the typed
+:class:`cache_service.handle.CacheHandle` (one method per public method here). Public
+methods only read or update the :class:`CacheBook` under a lock and return at once, so a
+snapshot or a rotation never waits for preprocessing. A background thread submits preparation tasks, collects their results and
 frees the actor once no experiment has been attached for ``idle_timeout_s``.
 
 Faults: the actor is created with ``max_restarts``, so when its process dies Ray runs
@@ -241,12 +242,6 @@ class SmartCacheService:
             ids, refs = self.book.val_snapshot()
             return Snapshot(self.book.plan.generation, ids, refs, self.registry.default_ratio)
 
-    def rotate(self) -> dict[str, Any]:
-        """Swap the R oldest pool items for ready replacements (fewer if fewer are ready); never waits."""
-        with self._lock:
-            rot = self.book.rotate()
-        return {"generation": rot.generation, "leaving": list(rot.leaving), "entering": list(rot.entering)}
-
     def register(self, experiment_id: str, info: dict[str, Any] | None = None) -> None:
         with self._lock:
             self.registry.register(experiment_id, info, time.time())
@@ -263,8 +258,7 @@ class SmartCacheService:
             self._save()
             return gone
 
-    def report_progress(self, experiment_id: str, epoch: int, metrics: dict[str, float] | None = None,
-                        rotate: bool = True) -> bool:
+    def report_progress(self, experiment_id: str, epoch: int, metrics: dict[str, float] | None = None) -> bool:
         """Record a finished epoch; rotate once every attached experiment is done with this generation.
 
         The epoch's snapshot (memoised by :meth:`snapshot`; else the experiment's latest
@@ -278,7 +272,7 @@ class SmartCacheService:
             snap = self._epoch_snapshots[(experiment_id, max(mine))] if mine else None  # its latest epoch's pool
             trained_on = (snap.generation, snap.item_ids) if snap is not None else None
             rotated = end_epoch(self.registry, self.book, experiment_id, epoch, metrics, trained_on, time.time(),
-                                self.cfg.experiment_timeout_s, rotate)
+                                self.cfg.experiment_timeout_s)
             self._save()
             return rotated
 

@@ -1,67 +1,48 @@
-"""Driver-side helpers: find or start the cache for a fingerprint, call it with timeouts, wait for warm-up.
+"""Driver-side helpers: find or start the cache for a fingerprint, wait for warm-up, stop caches.
 
-Every call goes through :func:`call`, which turns a dead or unreachable actor into
-:class:`~common.errors.CacheUnavailableError` and re-raises the service's own errors
-(unknown experiment, ...) as themselves.
+They hand out :class:`~cache_service.handle.CacheHandle` objects, through which every call
+to a cache actor goes (typed methods, timeouts, the project's errors).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import pickle
-import re
 import time
-from typing import Any
 
 import ray
-from ray.actor import ActorHandle
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from tqdm.auto import tqdm
 
 from cache_service.actor import ServiceSpec, SmartCacheService
+from cache_service.handle import DEFAULT_TIMEOUT_S, CacheHandle
+from cache_service.names import cache_name, is_cache_name
 from cache_service.status import CacheStatus
 from common.catalog import Catalog
 from common.config import CacheSideConfig
-from common.errors import CacheUnavailableError, DataError, PoolFailedError, SmartCacheError
+from common.errors import CacheUnavailableError, DataError, PoolFailedError
 
 ACTOR_NUM_CPUS = 0.25
 ACTOR_MAX_CONCURRENCY = 16
-DEFAULT_TIMEOUT_S = 30.0
-CACHE_ACTOR = re.compile(r"^smartcache-[0-9a-f]+$")
-
-
-def cache_name(fingerprint: str) -> str:
-    return f"smartcache-{fingerprint}"
 
 
 def _require_ray(name: str) -> None:
     if not ray.is_initialized():
-        raise CacheUnavailableError(name, "Ray is not initialised; call ray.init(address=...) first")
+        raise CacheUnavailableError(name, "Ray is not initialised; connect first (cache_service.cluster.join_or_start)")
 
 
-def call(handle: ActorHandle, method: str, *args: Any, timeout_s: float = DEFAULT_TIMEOUT_S,
-         name: str = "smartcache", **kwargs: Any) -> Any:
-    """``ray.get(handle.method.remote(...))`` with a timeout and project errors."""
-    try:
-        return ray.get(getattr(handle, method).remote(*args, **kwargs), timeout=timeout_s)
-    except RayTaskError as err:
-        if isinstance(err.cause, SmartCacheError):
-            raise err.cause from err
-        raise
-    except RayActorError as err:
-        raise CacheUnavailableError(name, f"the actor died or was stopped ({type(err).__name__})") from err
-    except GetTimeoutError as err:
-        raise CacheUnavailableError(name, f"no answer to {method}() within {timeout_s:.0f}s") from err
-
-
-def attach(fingerprint: str, namespace: str = "smartcache", timeout_s: float = DEFAULT_TIMEOUT_S) -> ActorHandle:
-    """The running cache for ``fingerprint``, from any driver connected to the cluster."""
-    name = cache_name(fingerprint)
+def lookup(name: str, namespace: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> CacheHandle:
+    """The handle of the cache actor called ``name`` (not called yet: see :func:`attach`)."""
     _require_ray(name)
     try:
-        handle = ray.get_actor(name, namespace=namespace)
+        return CacheHandle(ray.get_actor(name, namespace=namespace), name, timeout_s)
     except ValueError as err:
         raise CacheUnavailableError(name, f"no such actor in namespace '{namespace}'") from err
-    call(handle, "ping", timeout_s=timeout_s, name=name)
+
+
+def attach(fingerprint: str, namespace: str = "smartcache", timeout_s: float = DEFAULT_TIMEOUT_S) -> CacheHandle:
+    """The running cache for ``fingerprint``, from any driver connected to the cluster (it answered a ping)."""
+    handle = lookup(cache_name(fingerprint), namespace, timeout_s)
+    handle.ping()
     return handle
 
 
@@ -90,7 +71,7 @@ def _preprocessor_bytes(catalog: Catalog, cfg: CacheSideConfig, fp: str) -> byte
 
 def get_or_create_cache(catalog: Catalog, cfg: CacheSideConfig, fingerprint: str, *, seed: int = 0,
                         actor_num_cpus: float = ACTOR_NUM_CPUS, timeout_s: float = 120.0,
-                        preprocessor: bytes | None = None) -> ActorHandle:
+                        preprocessor: bytes | None = None) -> CacheHandle:
     """Attach to the cache for ``fingerprint`` or start it (detached, named, in ``cfg.cache.namespace``).
 
     ``cfg`` is the data side's part of the config (an ``ExperimentConfig`` is one); the actor
@@ -106,30 +87,31 @@ def get_or_create_cache(catalog: Catalog, cfg: CacheSideConfig, fingerprint: str
     """
     name, ns = cache_name(fingerprint), cfg.cache.namespace
     try:
-        return attach(fingerprint, ns, timeout_s=timeout_s)
+        handle = lookup(name, ns)
+        handle.ping(timeout_s)  # a cache still starting may take longer than one ordinary call
+        return handle
     except CacheUnavailableError:
         pass
     prep = preprocessor if preprocessor is not None else _preprocessor_bytes(catalog, cfg, fingerprint)
     spec = ServiceSpec(name=name, fingerprint=fingerprint, catalog=catalog, cache=cfg.cache, preprocessor=prep,
                        seed=seed, initial_ratio=cfg.sampler.initial_ratio)
-    handle = ray.remote(SmartCacheService).options(
+    actor = ray.remote(SmartCacheService).options(
         name=name, namespace=ns, lifetime="detached", get_if_exists=True, num_cpus=actor_num_cpus,
         max_concurrency=ACTOR_MAX_CONCURRENCY, max_restarts=cfg.cache.max_restarts).remote(spec)
-    call(handle, "ping", timeout_s=timeout_s, name=name)
+    handle = CacheHandle(actor, name)
+    handle.ping(timeout_s)
     return handle
 
 
-def wait_until_ready(handle: ActorHandle, timeout_s: float = 600.0, progress: bool = True,
+def wait_until_ready(handle: CacheHandle, timeout_s: float = 600.0, progress: bool = True,
                      poll_s: float = 0.25) -> CacheStatus:
     """Poll the status until the pool and the validation volumes are cached, with a progress bar.
 
     Raises :class:`~common.errors.PoolFailedError` with the first cause as soon as every
     training item is quarantined, rather than returning a "ready" cache with an empty pool.
     """
-    from tqdm.auto import tqdm
-
     deadline = time.monotonic() + timeout_s
-    status: CacheStatus = call(handle, "status")
+    status = handle.status()
     with tqdm(total=status.capacity + status.val_items_total, desc=f"cache {status.fingerprint}",
               unit="vol", disable=not progress) as bar:
         shown = (0, bar.total)  # what the bar last drew (tqdm draws 0/total when it is made)
@@ -149,7 +131,7 @@ def wait_until_ready(handle: ActorHandle, timeout_s: float = 600.0, progress: bo
             if time.monotonic() > deadline:
                 raise CacheUnavailableError(status.name, f"not warm after {timeout_s:.0f}s ({bar.n}/{bar.total})")
             time.sleep(poll_s)
-            status = call(handle, "status")
+            status = handle.status()
 
 
 def cache_actor_names(namespace: str) -> list[str]:
@@ -157,7 +139,7 @@ def cache_actor_names(namespace: str) -> list[str]:
     if not ray.is_initialized():
         raise CacheUnavailableError("smartcache", "Ray is not initialised in this process")
     named = ray.util.list_named_actors(all_namespaces=True)
-    return sorted(a["name"] for a in named if a["namespace"] == namespace and CACHE_ACTOR.match(a["name"]))
+    return sorted(a["name"] for a in named if a["namespace"] == namespace and is_cache_name(a["name"]))
 
 
 def stop_caches(namespace: str) -> list[str]:
@@ -165,17 +147,17 @@ def stop_caches(namespace: str) -> list[str]:
     stopped = []
     for name in cache_actor_names(namespace):
         try:
-            stop_cache(ray.get_actor(name, namespace=namespace))
-        except ValueError:  # exited on its own meanwhile
+            stop_cache(lookup(name, namespace))
+        except CacheUnavailableError:  # exited on its own meanwhile
             continue
         stopped.append(name)
     return stopped
 
 
-def stop_cache(handle: ActorHandle) -> None:
-    """Stop and kill the cache actor (refs it owns die with it)."""
+def stop_cache(handle: CacheHandle) -> None:
+    """Stop and kill the cache actor (refs it owns die with it); one already dying is killed all the same."""
     try:
-        ray.get(handle.stop.remote(), timeout=10)
-    except (RayActorError, GetTimeoutError):
+        handle.stop()
+    except CacheUnavailableError:
         pass
-    ray.kill(handle, no_restart=True)
+    ray.kill(handle.actor, no_restart=True)

@@ -5,7 +5,8 @@ actor submitted, so the actor owns it and Ray frees it when the actor's process 
 while a consumer still holds the ref. Rather than move ownership somewhere that could die
 just the same, a consumer treats a lost volume like a lost connection:
 
-- :class:`ResilientCache` wraps every call; when the cache is away (actor dead, restarting,
+- :class:`ResilientCache` offers the typed calls of :class:`~cache_service.handle.CacheCalls`
+  and wraps each of them; when the cache is away (actor dead, restarting,
   or still warming after its restart) it waits with :class:`~common.backoff.Backoff`,
   re-attaches by name, re-registers its experiment if the registry lost it, and retries.
 - :class:`RecoveringFetch` is the ``fetch`` a trainer hands its batch producer: a volume
@@ -22,14 +23,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 import ray
 from ray.exceptions import ObjectLostError, RayActorError
 
-from cache_service.client import DEFAULT_TIMEOUT_S, attach, cache_name, call
+from cache_service.client import attach
+from cache_service.handle import DEFAULT_TIMEOUT_S, CacheHandle
+from cache_service.names import cache_name
 from cache_service.snapshot import Snapshot
+from cache_service.status import CacheStatus, FaultEvent, SamplerReport
 from common.backoff import Backoff
 from common.errors import CacheUnavailableError, UnknownItemError
 
@@ -38,6 +42,8 @@ __all__ = ["RecoveringFetch", "ResilientCache", "LOST_OBJECT_ERRORS"]
 log = logging.getLogger(__name__)
 
 LOST_OBJECT_ERRORS = (ObjectLostError, RayActorError)  # OwnerDiedError is an ObjectLostError
+
+T = TypeVar("T")
 
 
 class ResilientCache:
@@ -53,7 +59,7 @@ class ResilientCache:
         self.call_timeout_s, self._sleep, self._clock = call_timeout_s, sleep, clock
         self._rng = rng if rng is not None else np.random.default_rng()
         self._lock = threading.Lock()
-        self.handle: Any = None
+        self.handle: CacheHandle
         self.recoveries: list[float] = []  # seconds each recovery waited
         self._connect_or_recover()
 
@@ -63,23 +69,69 @@ class ResilientCache:
         except CacheUnavailableError as err:
             self.recover(err)
 
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """``client.call`` on the cache; while the cache is away, recover and retry (bounded in time)."""
+    def _retrying(self, fn: Callable[[CacheHandle], T]) -> T:
+        """``fn(handle)``; while the cache is away, recover and retry (bounded in time by ``recover``).
+
+        A cache that no longer knows our experiment gets it registered again, once per call:
+        if it still answers "unknown", the unknown thing is not ours and the error stands.
+        """
+        reregistered = False
         while True:
             try:
-                return call(self.handle, method, *args, timeout_s=self.call_timeout_s, name=self.name, **kwargs)
+                return fn(self.handle)
             except CacheUnavailableError as err:
                 self.recover(err)
             except UnknownItemError:
-                if self.experiment_id is None or not self._reregister():
+                if self.experiment_id is None or reregistered:
                     raise
+                self._reregister()
+                reregistered = True
 
-    def _reregister(self) -> bool:
+    # ---- the typed calls (cache_service.handle.CacheCalls), each behind _retrying ----------------
+    def ping(self) -> dict[str, Any]:
+        return self._retrying(lambda h: h.ping())
+
+    def status(self) -> CacheStatus:
+        return self._retrying(lambda h: h.status())
+
+    def record_fault(self, experiment_id: str, event: FaultEvent) -> None:
+        self._retrying(lambda h: h.record_fault(experiment_id, event))
+
+    def snapshot(self, experiment_id: str, epoch: int | None = None) -> Snapshot:
+        return self._retrying(lambda h: h.snapshot(experiment_id, epoch=epoch))
+
+    def val_snapshot(self) -> Snapshot:
+        return self._retrying(lambda h: h.val_snapshot())
+
+    def register(self, experiment_id: str, info: dict[str, Any] | None = None) -> None:
+        self._retrying(lambda h: h.register(experiment_id, info))
+
+    def unregister(self, experiment_id: str) -> bool:
+        return self._retrying(lambda h: h.unregister(experiment_id))
+
+    def report_progress(self, experiment_id: str, epoch: int, metrics: dict[str, float] | None = None) -> bool:
+        return self._retrying(lambda h: h.report_progress(experiment_id, epoch, metrics))
+
+    def publish_sampler(self, experiment_id: str, ratio: float, r_fp: float, r_fn: float,
+                        dice_per_class: Sequence[float], mean_dice: float, epoch: int) -> SamplerReport:
+        return self._retrying(lambda h: h.publish_sampler(experiment_id, ratio, r_fp, r_fn, dice_per_class,
+                                                          mean_dice, epoch))
+
+    def get_ratio(self, experiment_id: str) -> float:
+        return self._retrying(lambda h: h.get_ratio(experiment_id))
+
+    def sampler_history(self, experiment_id: str) -> list[SamplerReport]:
+        return self._retrying(lambda h: h.sampler_history(experiment_id))
+
+    def stop(self) -> None:
+        """Not retried: a cache being stopped must not be waited for until it comes back."""
+        self.handle.stop()
+
+    def _reregister(self) -> None:
         """The cache came back without our experiment (its saved registry was unreadable): attach it again."""
         log.warning("cache %s does not know experiment %s any more; registering it again", self.name,
                     self.experiment_id)
-        call(self.handle, "register", self.experiment_id, self.info, timeout_s=self.call_timeout_s, name=self.name)
-        return True
+        self.handle.register(self.experiment_id, self.info)
 
     def recover(self, cause: BaseException) -> float:
         """Wait (with backoff) until the cache answers and is warm again; returns the seconds waited.
@@ -112,14 +164,11 @@ class ResilientCache:
 
     def _warm(self) -> bool:
         """Ready to hand out snapshots again (re-registering our experiment if the restart lost it)."""
-        status = call(self.handle, "status", timeout_s=self.call_timeout_s, name=self.name)
+        status = self.handle.status()
         known = {e.experiment_id for e in status.experiments}
         if self.experiment_id is not None and self.experiment_id not in known:
             self._reregister()
         return status.state == "ready"
-
-    def snapshot(self, experiment_id: str, epoch: int | None = None) -> Snapshot:
-        return self.call("snapshot", experiment_id, epoch=epoch)
 
     def fetcher(self, snapshot: Snapshot, experiment_id: str, epoch: int | None) -> "RecoveringFetch":
         """The ``fetch`` for one epoch's snapshot: lost volumes come from a fresh snapshot of that epoch."""

@@ -154,7 +154,7 @@ def load_state(path: Path) -> RegistryState | None:
 
 def end_epoch(registry: ExperimentRegistry, book: "CacheBook", experiment_id: str, epoch: int,
               metrics: dict[str, float] | None, trained_on: tuple[int, Sequence[str]] | None, now: float,
-              stale_after_s: float, rotate: bool = True) -> bool:
+              stale_after_s: float) -> bool:
     """An experiment finished ``epoch`` on ``trained_on`` = (generation, item ids); rotate if that is fair.
 
     The pool rotates only when every live attached experiment has completed an epoch on
@@ -163,7 +163,7 @@ def end_epoch(registry: ExperimentRegistry, book: "CacheBook", experiment_id: st
     registry.report_progress(experiment_id, epoch, metrics, now)
     if trained_on is not None:
         registry.record_epoch(experiment_id, trained_on[0], trained_on[1], book.plan.pool + book.plan.waiting)
-    if not (rotate and rotation_due(book.plan.generation, registry.attached(), now, stale_after_s)):
+    if not rotation_due(book.plan.generation, registry.attached(), now, stale_after_s):
         return False
     rot = book.rotate()
     return bool(rot.entering or rot.leaving)

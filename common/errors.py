@@ -130,3 +130,13 @@ class StorageError(SmartCacheError, OSError):
 
     def __str__(self) -> str:
         return f"{self.path}: {self.problem}"
+
+class ClusterUnavailableError(SmartCacheError, ConnectionError):
+    """This process could not join the Ray cluster at an address; the reason says whether one runs there."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        self.address, self.reason = address, reason
+        super().__init__(address, reason)
+
+    def __str__(self) -> str:
+        return f"cannot join the Ray cluster at '{self.address}': {self.reason}"

@@ -80,6 +80,7 @@ def _module(mod: ModuleType, names: list[str]) -> list[str]:
 
 def render() -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from cache_service import cluster, handle
     from cache_service.sdk import api, batches, device, protocol
     from common import chain, fair_rotation, scoring
 
@@ -92,6 +93,8 @@ def render() -> str:
         (scoring, ["ValidationResult", "to_class_maps", "score", "summarise"]),
         (chain, ["UserChain", "CropSpec", "split_user_chain", "check_cacheable", "chain_identity"]),
         (fair_rotation, ["holding_back", "rotation_due", "CycleProgress", "advance_cycle"]),
+        (handle, ["CacheHandle"]),
+        (cluster, ["join_or_start"]),
     ]
     lines = [HEADER.rstrip(), ""]
     for mod, names in sections:

@@ -6,8 +6,9 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
+from cache_service import cli as service_cli
 from common.errors import SmartCacheError
-from trainer import commands, service_commands, sweep_command
+from trainer import commands, sweep_command
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_make_demo_data(sub)
     commands.register(sub)
-    service_commands.register(sub)
+    service_cli.register(sub)
     sweep_command.register(sub)
     return parser
 

@@ -13,17 +13,12 @@ DEMO_CONFIG = "demo_cpu.yaml"
 
 
 def init_ray(address: str | None, num_cpus: int | None) -> None:
-    """Connect to ``address``, or start a new embedded local Ray sized to this machine (never another
-    user's cluster that happens to run here)."""
-    import ray
+    """Join the cluster at ``address``, or start a new embedded local Ray sized to this machine (never another
+    user's cluster that happens to run here); Ray Train v2 in either case."""
+    from cache_service.cluster import join_or_start  # Ray: only for the commands that run on it
 
-    if ray.is_initialized():
-        return
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    join_or_start(address, num_cpus=num_cpus or os.cpu_count(), log_to_driver=False)
 
 
 def packaged_config(name: str) -> Path:

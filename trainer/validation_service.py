@@ -74,7 +74,7 @@ class ValidationService:
         if self._volumes is None:
             snap = protocol.validation_snapshot(self.cache)
             self._val_refs = snap.refs  # holding the refs keeps the volumes readable
-            fetch = RecoveringFetch(self.cache, snap, lambda: self.cache.call("val_snapshot"))
+            fetch = RecoveringFetch(self.cache, snap, self.cache.val_snapshot)
             self._volumes = [fetch(r) for r in snap.refs]
         return self._volumes
 
@@ -145,7 +145,7 @@ class ValidationService:
         self.state.add_fault(event.model_dump())
         try:
             if self.cache is not None:
-                self.cache.call("record_fault", self.experiment_id, event)
+                self.cache.record_fault(self.experiment_id, event)
         except SmartCacheError as err:
             log.warning("could not record %s fault in the cache registry: %s", event.kind, err)
         return event.model_dump()

@@ -6,6 +6,7 @@ dashboard without Ray or data.
 
 from __future__ import annotations
 
+from cache_service.names import cache_name
 from cache_service.status import CacheStatus, ExperimentStatus, QuarantinedItem, SamplerReport
 
 T0 = 1_700_000_000.0
@@ -43,7 +44,7 @@ def cache_status(fingerprint: str = FINGERPRINT, experiments: list[ExperimentSta
     pool = ids[2:2 + pool_size]
     used = {i: 4 - k // 2 for k, i in enumerate(pool)} | {ids[0]: 5, ids[1]: 5} | {v: 9 for v in val_ids}
     return CacheStatus(
-        fingerprint=fingerprint, name=f"smartcache-{fingerprint}", state="ready", train_items=train_items,
+        fingerprint=fingerprint, name=cache_name(fingerprint), state="ready", train_items=train_items,
         cache_num=pool_size, capacity=pool_size, items_cached=pool_size, pool=pool, bytes_cached=pool_size * 3 << 20,
         byte_budget=64 << 20, generation=3, rotations=2, replace_num=2, replacements_pending=1,
         replacements_ready=2, val_items_total=3, val_items_cached=3, val_items=val_ids, use_counts=used, prep_seconds_spent=42.0,

@@ -10,12 +10,15 @@ from __future__ import annotations
 import threading
 import time
 
+import ray
 import uvicorn
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cache_service.api.app import create_app
 from cache_service.api.errors import ApiError
 from cache_service.api.ray_source import RaySource
 from cache_service.api.settings import ApiSettings
+from cache_service.handle import resolve
 
 API_ACTOR = "smartcache-api"
 START_TIMEOUT_S = 30.0
@@ -46,8 +49,6 @@ class SmartCacheApi:
 
     def url(self, timeout_s: float = START_TIMEOUT_S) -> str:
         """Wait until uvicorn listens; a bind failure (port taken) kills the thread and is reported here."""
-        import ray
-
         deadline = time.monotonic() + timeout_s
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
@@ -67,11 +68,6 @@ class SmartCacheApi:
 
 def start_api(host: str, port: int, token: str | None, namespace: str) -> str:
     """Start (or find) the detached API actor in ``namespace``; returns its URL. Ray must be connected."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from cache_service.client import call
-
     settings = ApiSettings(host=host, port=port, token=token, namespace=namespace).check()
     _refuse_if_running_otherwise(settings)
     here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
@@ -79,7 +75,7 @@ def start_api(host: str, port: int, token: str | None, namespace: str) -> str:
         name=API_ACTOR, namespace=namespace, lifetime="detached", get_if_exists=True, num_cpus=0,
         max_concurrency=4, max_restarts=0, scheduling_strategy=here).remote(settings)
     try:
-        return call(handle, "url", timeout_s=START_TIMEOUT_S + 30, name=API_ACTOR)
+        return resolve(handle.url.remote(), name=API_ACTOR, what="url()", timeout_s=START_TIMEOUT_S + 30)
     except ApiError:
         ray.kill(handle, no_restart=True)
         raise
@@ -87,15 +83,12 @@ def start_api(host: str, port: int, token: str | None, namespace: str) -> str:
 
 def _refuse_if_running_otherwise(settings: ApiSettings) -> None:
     """An API already running in the namespace with other settings is named, never returned in their place."""
-    import ray
-
-    from cache_service.client import call
-
     try:
         running = ray.get_actor(API_ACTOR, namespace=settings.namespace)
     except ValueError:
         return
-    differ = call(running, "differences", settings, timeout_s=START_TIMEOUT_S, name=API_ACTOR)
+    differ = resolve(running.differences.remote(settings), name=API_ACTOR, what="differences()",
+                     timeout_s=START_TIMEOUT_S)
     if differ:
         raise ApiError(f"an API is already running in namespace '{settings.namespace}' with {', '.join(differ)}; "
                        "it was left as it is. Stop it first (smartcache stop --namespace "
@@ -104,8 +97,6 @@ def _refuse_if_running_otherwise(settings: ApiSettings) -> None:
 
 def stop_api(namespace: str) -> bool:
     """Stop the API actor of ``namespace``; False if none was running."""
-    import ray
-
     try:
         handle = ray.get_actor(API_ACTOR, namespace=namespace)
     except ValueError:

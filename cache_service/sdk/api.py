@@ -22,9 +22,10 @@ from typing import Any, Callable, Sequence
 
 import ray
 from monai.transforms import Compose
-from ray.actor import ActorHandle
 
 from cache_service import client
+from cache_service.cluster import join_or_start
+from cache_service.handle import CacheCalls, CacheHandle
 from cache_service.recovery import ResilientCache
 from cache_service.sdk import protocol
 from cache_service.sdk.batches import ConsumerSettings, CropBatches, CropDataset
@@ -40,12 +41,6 @@ from common.scoring import ValidationResult
 from common.volume import PreparedVolume
 
 
-def _init_ray(address: str | None) -> None:
-    """Join the cluster at ``address`` ("auto": the running one), or start a local one for ``None``."""
-    if not ray.is_initialized():  # "local": a new cluster, never another process's on this machine
-        ray.init(address=address or "local", include_dashboard=False)
-
-
 class Experiment:
     """One experiment attached to a cache: its id, its crop settings and the per-epoch calls."""
 
@@ -54,7 +49,7 @@ class Experiment:
         self.fingerprint, self.namespace, self.id = fingerprint, namespace, experiment_id
         self.recover_timeout_s = recover_timeout_s  # set: re-attach with backoff when the cache restarts
         self.settings, self.num_classes, self.info = settings, num_classes, dict(info or {})
-        self._cache: ActorHandle | None = None
+        self._cache: CacheCalls | None = None
         self._owner = False  # True in the object that registered (it alone unregisters)
         self._val_refs: tuple[Any, ...] = ()
 
@@ -64,7 +59,7 @@ class Experiment:
         return state
 
     @property
-    def cache(self) -> ActorHandle:
+    def cache(self) -> CacheCalls:
         """The cache (attached on first use, so a copy in a Ray Train worker finds it there).
 
         With ``recover_timeout_s`` it is a :class:`~cache_service.recovery.ResilientCache`: calls
@@ -119,7 +114,7 @@ class Experiment:
                                                 samples_per_volume=samples_per_volume, steps=steps)
         snap = self.snapshot(epoch)
         fetch = None
-        if hasattr(self.cache, "fetcher"):  # survives the death of the volumes' owner
+        if isinstance(self.cache, ResilientCache):  # survives the death of the volumes' owner
             fetch = self.cache.fetcher(snap, self.id, epoch)
         return protocol.crop_batches(snap, settings, epoch=epoch, rank=rank, world_size=world_size,
                                      fetch=fetch, device_volumes=device_volumes)
@@ -174,7 +169,7 @@ class Experiment:
 class SmartCache:
     """A connection to the shared cache of one dataset and one deterministic transform prefix."""
 
-    def __init__(self, config: ExperimentConfig, catalog: Catalog, fingerprint: str, handle: ActorHandle,
+    def __init__(self, config: ExperimentConfig, catalog: Catalog, fingerprint: str, handle: CacheHandle,
                  chain: UserChain | None = None) -> None:
         self.config, self.catalog, self.fingerprint, self.chain = config, catalog, fingerprint, chain
         self._handle = handle
@@ -200,7 +195,7 @@ class SmartCache:
         raw["cache"] = {"cache_num": cache_num, "cache_rate": cache_rate, "replace_rate": replace_rate,
                         "namespace": namespace, "byte_budget": byte_budget, "disk_dir": disk_dir,
                         **raw.get("cache", {})}
-        _init_ray(address)
+        join_or_start(address)
         return cls.from_config(config_from_dict(raw), transforms=transforms, wait=wait, progress=progress)
 
     @classmethod
@@ -224,7 +219,7 @@ class SmartCache:
 
     def status(self) -> CacheStatus:
         """Pool, budget, rotations, quarantine and every attached experiment (with its cycle coverage)."""
-        return client.call(self._handle, "status")
+        return self._handle.status()
 
     def wait_until_ready(self, timeout_s: float = 600.0, progress: bool = False) -> CacheStatus:
         """Block until the pool and the validation volumes are cached (CacheUnavailableError after ``timeout_s``)."""

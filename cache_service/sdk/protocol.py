@@ -23,17 +23,17 @@ speaks to the cache actor for an experiment (the typed classes in
 8. ``unregister``   detach; the pool no longer waits for this experiment
 
 Steps 3-7 repeat per epoch. Errors are the project's own (:mod:`common.errors`). ``cache``
-is the actor handle, or any object with a ``call(method, *args, **kwargs)`` method (a
-handle that re-attaches after a cache restart): every call goes through :func:`_call`.
+is any :class:`~cache_service.handle.CacheCalls`: the typed handle of the actor, or a
+:class:`~cache_service.recovery.ResilientCache` that re-attaches after a cache restart.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from ray.actor import ActorHandle
 
 from cache_service import client
+from cache_service.handle import CacheCalls, CacheHandle
 from cache_service.sdk.batches import ConsumerSettings, CropBatches
 from cache_service.sdk.device import DeviceVolumes
 from cache_service.snapshot import Snapshot
@@ -43,29 +43,22 @@ from common.errors import UnknownItemError
 from common.scoring import ValidationResult, score, summarise  # the validation actor's scoring too
 
 
-def _call(cache: Any, method: str, *args: Any, **kwargs: Any) -> Any:
-    """The one place an actor method is named: via ``cache.call`` if it has one, else ``client.call``."""
-    if hasattr(cache, "call"):
-        return cache.call(method, *args, **kwargs)
-    return client.call(cache, method, *args, **kwargs)
-
-
 # 1. attach ------------------------------------------------------------------------------------
-def attach(fingerprint: str, namespace: str) -> ActorHandle:
+def attach(fingerprint: str, namespace: str) -> CacheHandle:
     """The live cache actor for ``fingerprint`` (raises CacheUnavailableError if there is none)."""
     return client.attach(fingerprint, namespace)
 
 
 # 2. register ----------------------------------------------------------------------------------
-def register(cache: ActorHandle, experiment_id: str, info: dict[str, Any]) -> None:
+def register(cache: CacheCalls, experiment_id: str, info: dict[str, Any]) -> None:
     """Attach an experiment (idempotent: registering again keeps its history)."""
-    _call(cache, "register", experiment_id, info)
+    cache.register(experiment_id, info)
 
 
 # 3. snapshot ----------------------------------------------------------------------------------
-def epoch_snapshot(cache: ActorHandle, experiment_id: str, epoch: int) -> Snapshot:
+def epoch_snapshot(cache: CacheCalls, experiment_id: str, epoch: int) -> Snapshot:
     """The pool for this (experiment, epoch): identical for every rank that asks."""
-    return _call(cache, "snapshot", experiment_id, epoch=epoch)
+    return cache.snapshot(experiment_id, epoch=epoch)
 
 
 # 4. crop --------------------------------------------------------------------------------------
@@ -79,15 +72,15 @@ def crop_batches(snapshot: Snapshot, settings: ConsumerSettings, *, epoch: int, 
 
 
 # 5. report progress ---------------------------------------------------------------------------
-def finish_epoch(cache: ActorHandle, experiment_id: str, epoch: int, metrics: dict[str, float] | None = None
+def finish_epoch(cache: CacheCalls, experiment_id: str, epoch: int, metrics: dict[str, float] | None = None
                  ) -> bool:
     """Rank 0 only: the epoch is done (the cache may rotate); returns whether the pool rotated."""
-    return bool(_call(cache, "report_progress", experiment_id, epoch, dict(metrics or {})))
+    return cache.report_progress(experiment_id, epoch, dict(metrics or {}))
 
 
-def experiment_status(cache: ActorHandle, experiment_id: str) -> ExperimentStatus:
+def experiment_status(cache: CacheCalls, experiment_id: str) -> ExperimentStatus:
     """The experiment as the cache sees it (epoch, ratio, cycle coverage)."""
-    status = _call(cache, "status")
+    status = cache.status()
     for exp in status.experiments:
         if exp.experiment_id == experiment_id:
             return exp
@@ -95,9 +88,9 @@ def experiment_status(cache: ActorHandle, experiment_id: str) -> ExperimentStatu
 
 
 # 6. validate ----------------------------------------------------------------------------------
-def validation_snapshot(cache: ActorHandle) -> Snapshot:
+def validation_snapshot(cache: CacheCalls) -> Snapshot:
     """The cached validation volumes (deterministic prefix only, whole volumes)."""
-    return _call(cache, "val_snapshot")
+    return cache.val_snapshot()
 
 
 def validation_numbers(preds: Sequence[Any], labels: Sequence[Any], num_classes: int,
@@ -114,18 +107,18 @@ def validation_numbers(preds: Sequence[Any], labels: Sequence[Any], num_classes:
 
 
 # 7. publish the ratio -------------------------------------------------------------------------
-def publish_ratio(cache: ActorHandle, experiment_id: str, epoch: int, numbers: ValidationResult) -> SamplerReport:
+def publish_ratio(cache: CacheCalls, experiment_id: str, epoch: int, numbers: ValidationResult) -> SamplerReport:
     """Store a validation result; the experiment's next snapshot carries ``numbers.ratio``."""
-    return _call(cache, "publish_sampler", experiment_id, numbers.ratio, numbers.r_fp, numbers.r_fn,
-                       list(numbers.dice_per_class), numbers.mean_dice, epoch)
+    return cache.publish_sampler(experiment_id, numbers.ratio, numbers.r_fp, numbers.r_fn,
+                                 list(numbers.dice_per_class), numbers.mean_dice, epoch)
 
 
-def current_ratio(cache: ActorHandle, experiment_id: str) -> float:
+def current_ratio(cache: CacheCalls, experiment_id: str) -> float:
     """The pos/neg ratio this experiment's next snapshot carries."""
-    return float(_call(cache, "get_ratio", experiment_id))
+    return cache.get_ratio(experiment_id)
 
 
 # 8. unregister --------------------------------------------------------------------------------
-def unregister(cache: ActorHandle, experiment_id: str) -> bool:
+def unregister(cache: CacheCalls, experiment_id: str) -> bool:
     """Detach; the pool stops waiting for this experiment. False if it was not attached."""
-    return bool(_call(cache, "unregister", experiment_id))
+    return cache.unregister(experiment_id)

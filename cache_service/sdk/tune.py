@@ -21,7 +21,6 @@ from typing import Any
 
 from ray import tune
 
-from cache_service import client
 from cache_service.sdk import protocol
 from cache_service.sdk.api import Experiment, SmartCache
 from cache_service.status import SWEEP_KEY, TRIAL_ID_KEY, TRIAL_KEY
@@ -54,7 +53,7 @@ def detach_trial(fingerprint: str, namespace: str, trial_id: str) -> list[str]:
     """
     try:
         cache = protocol.attach(fingerprint, namespace)
-        status = client.call(cache, "status")
+        status = cache.status()
     except CacheUnavailableError:
         return []
     left = [e.experiment_id for e in status.experiments if e.info.get(TRIAL_ID_KEY) == trial_id]

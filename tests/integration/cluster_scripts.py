@@ -52,13 +52,13 @@ def two_node(tmp: Path) -> dict[str, Any]:
         nodes = _actor_nodes()
         cache_node = nodes[f"SmartCacheService:smartcache-{fp}"][0]
         trainer_nodes = [n for k, v in nodes.items() if "RayTrainWorker" in k for n in v]
-        kill(int(ray.get(attach(fp, cfg.cache.namespace).ping.remote())["pid"]))
+        kill(int(attach(fp, cfg.cache.namespace).ping()["pid"]))
         rc = proc.wait(timeout=420)
     finally:
         if proc.poll() is None:
             proc.kill()
     report = json.loads((out / "report.json").read_text()) if rc == 0 else {}
-    status = ray.get(attach(fp, cfg.cache.namespace).status.remote()) if rc == 0 else None
+    status = attach(fp, cfg.cache.namespace).status() if rc == 0 else None
     stop_caches(cfg.cache.namespace)
     result = {"exit": rc, "epochs": report.get("epochs"), "cache_restarts": report.get("restarts", {}).get("cache"),
               "trainers_elsewhere": sum(n != cache_node for n in trainer_nodes), "trainers": len(trainer_nodes),
@@ -85,16 +85,16 @@ def small_store(tmp: Path) -> dict[str, Any]:
     catalog = load_catalog(data, cfg.data)
     handle = get_or_create_cache(catalog, cfg, fingerprint(catalog, cfg.preprocessing))
     status = wait_until_ready(handle, progress=False)
-    ray.get(handle.register.remote("e", None))
+    handle.register("e", None)
     served: set[str] = set()
     for epoch in range(3 * len(catalog.train)):  # several full cycles of rotation
-        snap = ray.get(handle.snapshot.remote("e", epoch=epoch))
+        snap = handle.snapshot("e", epoch=epoch)
         for item_id, ref in zip(snap.item_ids, snap.refs):
             assert ray.get(ref).item_id == item_id
         served |= set(snap.item_ids)
-        ray.get(handle.report_progress.remote("e", epoch + 1))
+        handle.report_progress("e", epoch + 1)
         time.sleep(0.3)  # let replacements land before the next rotation
-    last = ray.get(handle.status.remote())
+    last = handle.status()
     stop_caches(cfg.cache.namespace)
     ray.shutdown()
     result = {"byte_budget": last.byte_budget, "store": store, "message": last.budget_message,

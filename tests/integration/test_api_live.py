@@ -13,8 +13,8 @@ from cache_service.api import ApiSettings, create_app
 from cache_service.api.errors import ApiError
 from cache_service.api.ray_source import RaySource
 from cache_service.api.server import start_api, stop_api
-from cache_service.client import call, wait_until_ready
-from trainer.service_commands import cmd_stop
+from cache_service.client import wait_until_ready
+from cache_service.cli import cmd_stop
 
 LOOPBACK = "http://127.0.0.1"  # the API answers loopback Host headers only (DNS rebinding)
 
@@ -31,8 +31,8 @@ def test_api_shows_a_live_cache_and_its_experiment(make_cache, demo_root, config
     handle, catalog, cfg, fp = make_cache(demo_root, config_for())
     ns = cfg.cache.namespace
     wait_until_ready(handle, timeout_s=90, progress=False)
-    call(handle, "register", "live-exp", {"world_size": 1})
-    call(handle, "publish_sampler", "live-exp", 1.5, 0.01, 0.03, [0.7], 0.7, 1)
+    handle.register("live-exp", {"world_size": 1})
+    handle.publish_sampler("live-exp", 1.5, 0.01, 0.03, [0.7], 0.7, 1)
     client = TestClient(create_app(RaySource(ns), ApiSettings(namespace=ns)), base_url=LOOPBACK)
 
     [cache] = client.get("/cache").json()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cache_service.client import cache_actor_names, call, stop_caches
+from cache_service.client import cache_actor_names, lookup, stop_caches
 from common.demo_data import make_demo_data
 from tests.integration.test_shared_experiments import _plasma_bytes
 
@@ -53,7 +53,6 @@ def test_example_on_a_cluster(name, ray_cluster, demo, tmp_path):
 @pytest.mark.timeout(420)
 def test_two_examples_attached_at_once_share_one_copy(ray_cluster, demo, tmp_path):
     """plain_pytorch and ray_train_loop use the project's chain: one fingerprint, one cache, one copy."""
-    import ray
 
     namespace = f"ex-{uuid.uuid4().hex[:6]}"
     # more epochs than either can finish (the two are killed once both are seen): on an idle machine
@@ -68,7 +67,7 @@ def test_two_examples_attached_at_once_share_one_copy(ray_cluster, demo, tmp_pat
         while time.monotonic() < deadline and seen is None and all(p.poll() is None for p in procs):
             names = cache_actor_names(namespace)
             if names:
-                status = call(ray.get_actor(names[0], namespace=namespace), "status")
+                status = lookup(names[0], namespace).status()
                 if len(status.experiments) == 2 and all(e.epoch >= 1 for e in status.experiments):
                     seen = (names, status, _plasma_bytes(ray_cluster))
             time.sleep(1.0)

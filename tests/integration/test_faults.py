@@ -56,7 +56,7 @@ def run_with_kill(cfg: ExperimentConfig, tmp_path: Path, address: str, find_pid:
 
 def _cache_pid(cfg: ExperimentConfig) -> int:
     fp = fingerprint(load_catalog(cfg.data.dataset_dir, cfg.data), cfg.preprocessing)
-    return int(ray.get(attach(fp, cfg.cache.namespace).ping.remote())["pid"])
+    return int(attach(fp, cfg.cache.namespace).ping()["pid"])
 
 
 @pytest.mark.timeout(600)
@@ -68,7 +68,7 @@ def test_cache_actor_killed_mid_run(ray_cluster, demo_root, stats_dir, tmp_path)
         fault = next(f for f in report["faults"] if f["kind"] == "cache")
         assert "restarted" in fault["cause"] and fault["seconds_lost"] is not None
         fp = fingerprint(load_catalog(cfg.data.dataset_dir, cfg.data), cfg.preprocessing)
-        status = ray.get(attach(fp, cfg.cache.namespace).status.remote())
+        status = attach(fp, cfg.cache.namespace).status()
         assert status.restarts == 1 and status.items_cached == status.cache_num and not status.quarantined
         assert status.disk_hits >= status.items_cached  # warmed again from the disk tier, not by preparing
     finally:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from cache_service.client import cache_actor_names, call, stop_caches
+from cache_service.client import cache_actor_names, lookup, stop_caches
 from common.config import config_from_dict
 from common.errors import ConfigError, DataError
 from trainer.launcher import LaunchOptions, TrainingFailedError, run_experiment
@@ -42,9 +42,7 @@ def test_patch_larger_than_every_volume_fails_only_that_experiment(ray_cluster, 
         with pytest.raises(TrainingFailedError, match="smaller than this experiment's patch \\(64, 64, 64\\)"):
             run_experiment(big, LaunchOptions(tmp_path / "big", show_progress=False))
         [name] = cache_actor_names(big.cache.namespace)
-        import ray
-
-        assert call(ray.get_actor(name, namespace=big.cache.namespace), "status").quarantined == []
+        assert lookup(name, big.cache.namespace).status().quarantined == []
         report = run_experiment(small, LaunchOptions(tmp_path / "small", show_progress=False))  # same cache
         assert report.epochs == 1
     finally:

@@ -11,7 +11,7 @@ from cache_service.api.samples import FINGERPRINT, cache_status, experiment
 from cache_service.api.source import InMemorySource
 from cache_service.registry import ExperimentRegistry
 from cache_service.status import FaultEvent
-from trainer.service_commands import format_status
+from cache_service.cli import format_status
 
 LOOPBACK = "http://127.0.0.1"  # the API answers loopback Host headers only (DNS rebinding)
 

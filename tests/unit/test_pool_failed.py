@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+
 import pytest
 
 import cache_service.client as client
@@ -53,6 +55,6 @@ def _status(**fields: Any) -> CacheStatus:
 
 def test_wait_until_ready_raises_at_once_when_the_pool_failed(monkeypatch: pytest.MonkeyPatch) -> None:
     answers = iter([_status(), _status(state="failed", failure=f"a: {CAUSE}")])
-    monkeypatch.setattr(client, "call", lambda handle, method, **kw: next(answers))
+    handle = SimpleNamespace(status=lambda: next(answers))  # the typed handle's one method used here
     with pytest.raises(PoolFailedError, match="all 3 training volume.*Torch not compiled with CUDA enabled"):
-        client.wait_until_ready(object(), timeout_s=30, progress=False, poll_s=0.0)
+        client.wait_until_ready(handle, timeout_s=30, progress=False, poll_s=0.0)

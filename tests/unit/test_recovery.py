@@ -13,7 +13,7 @@ from cache_service.recovery import RecoveringFetch, ResilientCache
 from cache_service.snapshot import Snapshot
 from cache_service.status import CacheStatus
 from common.backoff import Backoff
-from common.errors import CacheUnavailableError
+from common.errors import CacheUnavailableError, UnknownItemError
 
 
 def test_backoff_grows_caps_and_jitters_within_bounds():
@@ -51,27 +51,44 @@ def _status(state: str, experiments: tuple[str, ...] = ()) -> CacheStatus:
                        val_items_cached=0, experiments=exps)
 
 
+class FakeHandle:
+    """The typed handle of a cache that is filling, then ready; it logs the calls it gets."""
+
+    def __init__(self, cluster: "FakeCluster") -> None:
+        self.cluster = cluster
+
+    def status(self) -> CacheStatus:
+        self.cluster.calls.append("status")
+        self.cluster.filling -= 1
+        return _status("filling" if self.cluster.filling >= 0 else "ready", self.cluster.knows)
+
+    def register(self, experiment_id: str, info: dict[str, Any] | None = None) -> None:
+        self.cluster.calls.append("register")
+        self.cluster.knows = self.cluster.knows + (experiment_id,)
+
+    def get_ratio(self, experiment_id: str) -> float:
+        self.cluster.calls.append("get_ratio")
+        if self.cluster.lose_next:
+            self.cluster.lose_next = False
+            raise CacheUnavailableError("smartcache-ab", "died mid-call")
+        if experiment_id not in self.cluster.knows:
+            raise UnknownItemError("experiment", experiment_id)
+        return 2.0
+
+
 class FakeCluster:
-    """The cache as seen through client.attach/call: down for a while, then filling, then ready."""
+    """The cache as seen through client.attach: down for a while, then filling, then ready."""
 
     def __init__(self, down: int, filling: int, knows: tuple[str, ...] = ("exp",)) -> None:
         self.down, self.filling, self.knows = down, filling, knows
         self.calls: list[str] = []
+        self.lose_next = False
 
-    def attach(self, fingerprint: str, namespace: str, timeout_s: float) -> str:
+    def attach(self, fingerprint: str, namespace: str, timeout_s: float) -> FakeHandle:
         if self.down > 0:
             self.down -= 1
             raise CacheUnavailableError("smartcache-ab", "gone")
-        return "handle"
-
-    def call(self, handle: Any, method: str, *args: Any, **kwargs: Any) -> Any:
-        self.calls.append(method)
-        if method == "status":
-            self.filling -= 1
-            return _status("filling" if self.filling >= 0 else "ready", self.knows)
-        if method == "register":
-            self.knows = self.knows + (args[0],)
-        return method
+        return FakeHandle(self)
 
 
 @pytest.fixture
@@ -79,7 +96,6 @@ def fake(monkeypatch):
     def install(**kw: Any) -> FakeCluster:
         cluster = FakeCluster(**kw)
         monkeypatch.setattr(recovery, "attach", cluster.attach)
-        monkeypatch.setattr(recovery, "call", cluster.call)
         return cluster
     return install
 
@@ -111,6 +127,24 @@ def test_resilient_cache_gives_up_after_recover_timeout_with_a_clear_message(fak
     with pytest.raises(CacheUnavailableError, match=r"recover_timeout_s=20s .*gone"):
         cache.recover(CacheUnavailableError("smartcache-ab", "died"))
     assert t.now == pytest.approx(20.0)
+
+
+def test_a_typed_call_recovers_and_retries_behind_the_method(fake):
+    cluster = fake(down=0, filling=-1)
+    t = FakeTime()
+    cache = ResilientCache("ab", "ns", 60, experiment_id="exp", sleep=t.sleep, clock=lambda: t.now,
+                           rng=np.random.default_rng(0))
+    cluster.lose_next, cluster.down = True, 2  # the call fails, then two attaches fail, then it is back
+    assert cache.get_ratio("exp") == 2.0
+    assert cluster.calls.count("get_ratio") == 2 and len(cache.recoveries) == 1
+
+
+def test_a_typed_call_reregisters_an_experiment_the_restarted_cache_lost(fake):
+    cluster = fake(down=0, filling=-1, knows=())
+    cache = ResilientCache("ab", "ns", 60, experiment_id="exp3", rng=np.random.default_rng(0))
+    assert cache.get_ratio("exp3") == 2.0 and "exp3" in cluster.knows
+    with pytest.raises(UnknownItemError):  # someone else's experiment is not ours to re-register
+        cache.get_ratio("nobody")
 
 
 class LostRefs:

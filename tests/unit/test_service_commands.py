@@ -6,7 +6,7 @@ import pytest
 
 from cache_service.api.samples import cache_status
 from trainer.cli import build_parser, main
-from trainer.service_commands import format_status, printable
+from cache_service.cli import format_status, printable
 
 
 def test_parser_defaults() -> None:
@@ -48,7 +48,7 @@ def test_status_escapes_control_characters_in_ids() -> None:
 
 def test_the_printed_dashboard_url_says_how_to_pass_the_token_without_printing_it() -> None:
     from cache_service.api.settings import ApiSettings
-    from trainer.service_commands import _dashboard_hint
+    from cache_service.cli import _dashboard_hint
 
     assert _dashboard_hint("http://h:1", ApiSettings()) == "http://h:1/"
     hint = _dashboard_hint("http://h:1", ApiSettings(host="0.0.0.0", token="s3cret"))
@@ -72,7 +72,7 @@ def fake_cluster(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """cmd_stop without Ray: one cache with two attached experiments; records what was stopped."""
     from cache_service.api import server
     from cache_service import client
-    from trainer import service_commands
+    from cache_service import cli as service_commands
 
     stopped: list[str] = []
     monkeypatch.setattr(service_commands, "_connect_ray", lambda address: None)

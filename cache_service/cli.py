@@ -1,8 +1,12 @@
-"""``smartcache serve``, ``status`` and ``stop``: the status API's life cycle and a terminal view of it.
+"""The service's own commands, ``smartcache serve``, ``status`` and ``stop``: the status API's life
+cycle and a terminal view of it, registered on the ``smartcache`` parser by :func:`register`.
 
-Parsing and wiring only; the API itself lives in :mod:`cache_service.api`. Failures are
-:class:`~cache_service.api.errors.ApiError` (a domain error), which ``smartcache`` prints
-as ``error: ...`` with exit status 2.
+Parsing and wiring only; the API lives in :mod:`cache_service.api`, the caches in the
+service internals, and this module imports nothing else (not the SDK, not the trainer).
+Failures are the project's errors (:class:`~cache_service.api.errors.ApiError`,
+:class:`~common.errors.ClusterUnavailableError`), which ``smartcache`` prints as
+``error: ...`` with exit status 2. The modules that import Ray are imported by the commands
+that talk to the cluster, so ``smartcache status`` and ``--help`` never load Ray.
 """
 
 from __future__ import annotations
@@ -13,24 +17,22 @@ import os
 import unicodedata
 from typing import Any
 
+import httpx
+
 from cache_service.api.errors import ApiError
 from cache_service.api.settings import DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_PORT, TOKEN_ENV, URL_ENV, ApiSettings
+from common.catalog import fingerprint, load_catalog
+from common.config import load_config
 
 HTTP_TIMEOUT_S = 10.0
 
 
 def _connect_ray(address: str | None) -> None:
-    """Attach to a running cluster: the API and the caches are detached actors that outlive this command."""
-    import ray
+    """Join a running cluster (``--address``, else ``$RAY_ADDRESS``, else ``auto``): the API and the caches
+    are detached actors that outlive this command, so starting a cluster of our own would be useless."""
+    from cache_service.cluster import join_or_start  # Ray: only for the commands that talk to the cluster
 
-    if ray.is_initialized():
-        return
-    target = address or os.environ.get("RAY_ADDRESS") or "auto"
-    try:
-        ray.init(address=target, log_to_driver=False)
-    except (ConnectionError, RuntimeError, ValueError) as err:
-        raise ApiError(f"no Ray cluster at '{target}' ({err}); start one with `ray start --head` "
-                       f"or pass --address HOST:PORT") from err
+    join_or_start(address or "auto", log_to_driver=False)
 
 
 def _token(args: argparse.Namespace) -> str | None:
@@ -39,7 +41,7 @@ def _token(args: argparse.Namespace) -> str | None:
 
 # ---- serve ---------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    from cache_service.api import server
+    from cache_service.api import server  # Ray and uvicorn: only for the commands that need them
 
     settings = ApiSettings(host=args.host, port=args.port, token=_token(args), namespace=args.namespace).check()
     if args.demo:
@@ -69,9 +71,7 @@ def _dashboard_hint(url: str, settings: ApiSettings) -> str:
 
 def _start_cache(args: argparse.Namespace) -> None:
     """Create (or attach to) the cache for a dataset and config, and wait until it is warm."""
-    from cache_service.client import get_or_create_cache, wait_until_ready
-    from common.catalog import fingerprint, load_catalog
-    from common.config import load_config
+    from cache_service.client import get_or_create_cache, wait_until_ready  # Ray: see _connect_ray
 
     cfg = load_config(args.config, [f"data.dataset_dir={args.data}", f"cache.namespace={args.namespace}",
                                     *args.overrides])
@@ -84,7 +84,7 @@ def _start_cache(args: argparse.Namespace) -> None:
 
 def _serve_demo(settings: ApiSettings) -> int:
     """Example data, no Ray: for looking at the dashboard before any cache runs."""
-    import uvicorn
+    import uvicorn  # uvicorn + FastAPI (these imports): only for the command that serves
 
     from cache_service.api import create_app
     from cache_service.api.samples import cache_status
@@ -99,8 +99,6 @@ def _serve_demo(settings: ApiSettings) -> int:
 
 # ---- status --------------------------------------------------------------------------------
 def _get(url: str, token: str | None) -> Any:
-    import httpx
-
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         r = httpx.get(url, headers=headers, timeout=HTTP_TIMEOUT_S)
@@ -195,7 +193,7 @@ def _attached(namespace: str) -> list[str]:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from cache_service.api.server import API_ACTOR, stop_api
+    from cache_service.api.server import API_ACTOR, stop_api  # Ray: see _connect_ray
     from cache_service.client import stop_caches
 
     _connect_ray(args.address)
