@@ -7,7 +7,7 @@ import sys
 from typing import Callable, Sequence
 
 from common.errors import SmartCacheError
-from trainer import commands, service_commands
+from trainer import commands, plan_command, service_commands
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_make_demo_data(sub)
     commands.register(sub)
+    plan_command.register(sub)
     service_commands.register(sub)
     return parser
 

@@ -12,7 +12,7 @@ from common.config import ExperimentConfig, load_config
 DEMO_CONFIG = "demo_cpu.yaml"
 
 
-def _init_ray(address: str | None, num_cpus: int | None) -> None:
+def init_ray(address: str | None, num_cpus: int | None) -> None:
     """Connect to ``address``, or start a new embedded local Ray sized to this machine (never another
     user's cluster that happens to run here)."""
     import ray
@@ -33,14 +33,23 @@ def packaged_config(name: str) -> Path:
 def _train(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
     from trainer.launcher import LaunchOptions, run_experiment
 
-    _init_ray(args.address, getattr(args, "num_cpus", None))
+    init_ray(args.address, getattr(args, "num_cpus", None))
     report = run_experiment(cfg, LaunchOptions(out_dir=Path(args.out), resume=getattr(args, "resume", False)))
     print(f"report, curves and model written to {args.out}/")
     return 0 if report.reached_target or not getattr(args, "require_target", False) else 1
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, [f"data.dataset_dir={args.data}", *args.overrides])
+    config = args.config
+    if config is None:  # no config: plan one for this dataset and cluster, print it, train with it
+        from trainer.plan_command import PLAN_FILE, plan_run, write_plan
+
+        init_ray(args.address, getattr(args, "num_cpus", None))
+        plan = plan_run(args.data, args.overrides)
+        print(plan.table())
+        config = write_plan(plan, Path(args.out) / PLAN_FILE)
+        print(f"\nno --config: training with the plan above ({config}); --set overrides any value\n")
+    cfg = load_config(config, [f"data.dataset_dir={args.data}", *args.overrides])
     return _train(args, cfg)
 
 
@@ -53,7 +62,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"made {args.cases} synthetic CT cases in {data}")
     cfg = load_config(packaged_config(DEMO_CONFIG), [f"data.dataset_dir={data}", *args.overrides])
     args.require_target = True
-    _init_ray(args.address, args.num_cpus)
+    init_ray(args.address, args.num_cpus)
     url = _start_dashboard(args.port, cfg.cache.namespace)
     try:
         return _train(args, cfg)
@@ -100,7 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "train with DDP under Ray Train, validate beside training, and write "
                                    "report.json, metrics, TensorBoard events, plots and model.pt to --out.")
     p.add_argument("--data", required=True, help="MSD dataset folder (with dataset.json)")
-    p.add_argument("--config", default=None, help="experiment YAML (default: built-in defaults)")
+    p.add_argument("--config", default=None, help="experiment YAML (default: plan one with `smartcache plan` first)")
     p.add_argument("--out", default="runs/train", help="output folder (default runs/train)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     _common_run_args(p)

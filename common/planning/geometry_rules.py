@@ -41,6 +41,7 @@ class Grid:
 
     spacing: tuple[float, float, float]
     median_shape: tuple[int, int, int]
+    smallest_shape: tuple[int, int, int]  # per axis, the smallest case: a patch beyond it quarantines that case
 
 
 def _shape_at(extent_mm: tuple[float, ...], spacing: tuple[float, ...]) -> tuple[int, int, int]:
@@ -83,7 +84,8 @@ def plan_grid(fp: DatasetFingerprint, machine: Machine) -> tuple[Grid, Choice]:
             why += (f"; coarsened to fit {budget / 1e6:.1f} M voxels per volume ({CPU_VOLUME_VOXELS_PER_CORE / 1e6:.1f} M "
                     f"per CPU core, no GPU): at the median it would be {voxels / 1e6:.1f} M")
     spacing_t = tuple(round(s, 3) for s in spacing)
-    grid = Grid(spacing_t, _shape_at(extent, spacing_t))  # type: ignore[arg-type]
+    smallest = tuple(min(_shape_at(c.extent_mm, spacing_t)[a] for c in fp.cases) for a in range(3))
+    grid = Grid(spacing_t, _shape_at(extent, spacing_t), smallest)  # type: ignore[arg-type]
     return grid, Choice("preprocessing.spacing", list(spacing_t),
                         f"{why}; median volume {list(grid.median_shape)} voxels")
 
@@ -100,24 +102,27 @@ def patch_voxel_budget(machine: Machine, worker_cpus: float, base_channels: int,
 
 
 def shrink_to_budget(shape: tuple[int, int, int], budget: int) -> list[int]:
-    """Shrink the axis largest relative to the image until the patch fits (nnU-Net), at least MIN_PATCH."""
-    patch = [max(MIN_PATCH, s) for s in shape]
-    while math.prod(patch) > budget and any(p > MIN_PATCH for p in patch):
-        axis = max((a for a in range(3) if patch[a] > MIN_PATCH), key=lambda a: (patch[a] / shape[a], patch[a]))
-        patch[axis] = max(MIN_PATCH, int(patch[axis] * 0.9))
+    """Shrink the axis largest relative to the image until the patch fits (nnU-Net), not below MIN_PATCH."""
+    patch, floor = list(shape), [min(MIN_PATCH, s) for s in shape]
+    while math.prod(patch) > budget and any(p > f for p, f in zip(patch, floor)):
+        axis = max((a for a in range(3) if patch[a] > floor[a]), key=lambda a: (patch[a] / shape[a], patch[a]))
+        patch[axis] = max(floor[axis], int(patch[axis] * 0.9))
     return patch
 
 
 def plan_patch_and_depth(grid: Grid, fp: DatasetFingerprint, budget: int, budget_why: str
                          ) -> tuple[tuple[int, int, int], int, Choice]:
     """Patch size within the budget, and the depth it allows; the patch is a multiple of 2**depth."""
-    patch = shrink_to_budget(grid.median_shape, budget)
-    depth = max(2, min(MAX_DEPTH, int(math.log2(min(patch) / 4))))
+    upper = tuple(min(m, s) for m, s in zip(grid.median_shape, grid.smallest_shape))
+    patch = shrink_to_budget(upper, budget)  # type: ignore[arg-type]
+    depth = max(2, min(MAX_DEPTH, int(math.log2(max(1, min(patch)) / 4))))
     factor = 2**depth
     final = tuple(max(factor, p // factor * factor) for p in patch)
+    capped = [a for a in range(3) if grid.smallest_shape[a] < grid.median_shape[a]]
     fg_vox = _shape_at(fp.median_fg_extent_mm(), grid.spacing)
     cover = [min(1.0, p / f) for p, f in zip(final, fg_vox) if f > 0]
-    reason = (f"median volume {list(grid.median_shape)} shrunk to {budget / 1e6:.2f} M voxels ({budget_why}), "
+    cap = f", capped on axes {capped} by the smallest case {list(grid.smallest_shape)}" if capped else ""
+    reason = (f"median volume {list(grid.median_shape)}{cap}, shrunk to {budget / 1e6:.2f} M voxels ({budget_why}), "
               f"multiples of {factor}; covers {min(cover, default=1.0):.0%} of the median foreground extent "
               f"{list(fg_vox)} on its tightest axis")
     return final, depth, Choice("sampler.patch_size", list(final), reason)  # type: ignore[return-value]

@@ -117,5 +117,8 @@ def make_plan(fp: DatasetFingerprint, machine: Machine) -> Plan:
 
 def _loss_reason(fp: DatasetFingerprint) -> str:
     smallest = min(fp.mean_class_fractions()[1:], default=0.0)
-    return (f"soft Dice + cross-entropy: the smallest class is {smallest:.2%} of the voxels, "
-            "where Dice alone is slow to start")
+    if smallest < 0.01:
+        return (f"soft Dice + cross-entropy: the smallest class is {smallest:.2%} of the voxels, where Dice "
+                "alone starts slowly")
+    return (f"soft Dice + cross-entropy (the project's default, nnU-Net's loss); classes are >= {smallest:.1%} "
+            "of the voxels")

@@ -90,7 +90,7 @@ def test_pool_rotates_when_the_object_store_is_small_and_keeps_up_with_preparati
     cpu = make_plan(fp, small_store)
     cache_num = cpu.value("cache.cache_num")
     assert cache_num is not None and 1 <= cache_num < fp.num_train
-    assert cpu.value("cache.byte_budget") == small_store.object_store_bytes // 2
+    assert cpu.value("cache.byte_budget") == f"{small_store.object_store_bytes // 2 // 2**20}MiB"
     assert 0 < cpu.value("cache.replace_rate") <= 0.5
     assert make_plan(fp, GPU_NODE).value("cache.cache_num") is None  # 150 GiB store: every case fits
 
@@ -141,3 +141,12 @@ def test_described_machine_strings() -> None:
     assert described_machine("1x2").has_gpu is False
     with pytest.raises(ConfigError, match="--machine"):
         described_machine("lots")
+
+
+def test_patch_never_exceeds_the_smallest_case() -> None:
+    cases = [case(i, (0.8, 0.8, 6.5), (256, 256, 24)) for i in range(5)] + [case(9, (0.7, 0.7, 2.1), (45, 120, 21))]
+    plan = make_plan(dataset(cases, modality="MRI"), GPU_NODE)
+    spacing, patch = plan.value("preprocessing.spacing"), plan.value("sampler.patch_size")
+    smallest = [round(n * s / t) for n, s, t in zip((45, 120, 21), (0.7, 0.7, 2.1), spacing)]
+    assert all(p <= s for p, s in zip(patch, smallest))
+    assert "smallest case" in next(c.reason for c in plan.choices if c.key == "sampler.patch_size")
