@@ -113,12 +113,13 @@ def shrink_to_budget(shape: tuple[int, int, int], budget: int) -> list[int]:
 def plan_patch_and_depth(grid: Grid, fp: DatasetFingerprint, budget: int, budget_why: str
                          ) -> tuple[tuple[int, int, int], int, Choice]:
     """Patch size within the budget, and the depth it allows; the patch is a multiple of 2**depth."""
+    unbounded = shrink_to_budget(grid.median_shape, budget)
+    capped = [a for a in range(3) if grid.smallest_shape[a] < unbounded[a]]
     upper = tuple(min(m, s) for m, s in zip(grid.median_shape, grid.smallest_shape))
     patch = shrink_to_budget(upper, budget)  # type: ignore[arg-type]
     depth = max(2, min(MAX_DEPTH, int(math.log2(max(1, min(patch)) / 4))))
     factor = 2**depth
     final = tuple(max(factor, p // factor * factor) for p in patch)
-    capped = [a for a in range(3) if grid.smallest_shape[a] < grid.median_shape[a]]
     fg_vox = _shape_at(fp.median_fg_extent_mm(), grid.spacing)
     cover = [min(1.0, p / f) for p, f in zip(final, fg_vox) if f > 0]
     cap = f", capped on axes {capped} by the smallest case {list(grid.smallest_shape)}" if capped else ""
