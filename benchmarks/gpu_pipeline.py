@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import torch
+from monai.data import ThreadDataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark modules
 from datapath import build_monai_dataset, drain  # noqa: E402
@@ -86,8 +87,7 @@ def crop_rows(cfg: ExperimentConfig, prep: Preprocessor, volumes: list[PreparedV
         host_rate = drain(_synced(prefetch_to_device(host, DeviceStager(device)), device), seconds)["crops_per_s"]
     with _stream(cfg, volumes, 0, cutter=_cutter(cfg, device), steps=steps) as dev:
         dev_rate = drain(_synced(dev, device), seconds)["crops_per_s"]
-    from monai.data import ThreadDataLoader  # last: its recipe switches MONAI's meta tracking off process-wide
-
+    # last: the recipe (build_monai_dataset "fast") switches MONAI's meta tracking off process-wide
     catalog = load_catalog(data, cfg.data)
     records = [{"image": r.image, "label": r.label} for r in catalog.train]
     ds, _ = build_monai_dataset("fast", records, prep, int(cfg.sampler.patch_size[0]), 1, 0)
@@ -191,7 +191,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--patch", type=int, default=32, help="cubic crop edge for the crop rows and training")
     ap.add_argument("--seconds", type=float, default=15.0, help="seconds measured per crop row")
     ap.add_argument("--train-seconds", type=float, default=120.0, help="time limit per AMP setting")
-    ap.add_argument("--quick", action="store_true", help="a smoke run: 4 small cases, 16^3 crops, 1 s rows, 5 s training")
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke run: 4 small cases, 16^3 crops, 1 s rows, 5 s training")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     return ap.parse_args(argv)
 

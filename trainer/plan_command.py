@@ -14,6 +14,7 @@ from common.catalog import load_catalog
 from common.config import load_config
 from common.planning.machine import Machine, described_machine
 from common.planning.plan import Plan, make_plan
+from trainer.commands import init_ray
 
 PLAN_FILE = "plan.yaml"
 
@@ -36,8 +37,6 @@ def write_plan(plan: Plan, path: Path) -> Path:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from trainer.commands import init_ray  # commands imports this module lazily; the reverse at call time
-
     init_ray(args.address, args.num_cpus)
     machine = described_machine(args.machine) if args.machine else None
     plan = plan_run(args.data, args.overrides, machine, args.refresh)

@@ -81,7 +81,8 @@ def plan_grid(fp: DatasetFingerprint, machine: Machine) -> tuple[Grid, Choice]:
                 scale = (fine_voxels / budget) ** (1 / 3)
                 spacing = [coarse * scale] * 3
             spacing = [math.ceil(s * 10) / 10 for s in spacing]
-            why += (f"; coarsened to fit {budget / 1e6:.1f} M voxels per volume ({CPU_VOLUME_VOXELS_PER_CORE / 1e6:.1f} M "
+            per_core = CPU_VOLUME_VOXELS_PER_CORE / 1e6
+            why += (f"; coarsened to fit {budget / 1e6:.1f} M voxels per volume ({per_core:.1f} M "
                     f"per CPU core, no GPU): at the median it would be {voxels / 1e6:.1f} M")
     spacing_t = tuple(round(s, 3) for s in spacing)
     smallest = tuple(min(_shape_at(c.extent_mm, spacing_t)[a] for c in fp.cases) for a in range(3))

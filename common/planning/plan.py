@@ -37,7 +37,11 @@ class Plan:
     choices: tuple[Choice, ...]
 
     def value(self, key: str) -> Any:
-        return next(c.value for c in self.choices if c.key == key)
+        """The planned value of ``section.field`` (KeyError naming the planned keys if it was not planned)."""
+        for c in self.choices:
+            if c.key == key:
+                return c.value
+        raise KeyError(f"{key} is not planned; planned keys: {', '.join(c.key for c in self.choices)}")
 
     def to_raw(self) -> dict[str, Any]:
         """The nested mapping of a config file (``name`` and the planned sections)."""

@@ -45,8 +45,9 @@ def plan_pool(fp: DatasetFingerprint, grid: Grid, machine: Machine, epoch_s: flo
     per_volume = volume_bytes(grid.median_shape, fp.channels)
     budget = int(machine.object_store_bytes * OBJECT_STORE_SHARE)
     fits = max(1, budget // max(1, per_volume))
-    budget_choice = Choice("cache.byte_budget", f"{budget // 2**20}MiB", f"{OBJECT_STORE_SHARE:.0%} of the smallest node's object "
-                                                        f"store ({machine.object_store_bytes / 2**30:.1f} GiB)")
+    budget_choice = Choice("cache.byte_budget", f"{budget // 2**20}MiB",
+                           f"{OBJECT_STORE_SHARE:.0%} of the smallest node's object store "
+                           f"({machine.object_store_bytes / 2**30:.1f} GiB)")
     if fits >= fp.num_train:
         return [budget_choice,
                 Choice("cache.cache_num", None, f"all {fp.num_train} training volumes fit "

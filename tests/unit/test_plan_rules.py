@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import yaml
 
@@ -81,7 +82,7 @@ def test_low_resolution_axis_uses_its_tenth_percentile() -> None:
     spacings = [5.0] * 9 + [1.5]
     fp = dataset([case(i, (0.7, 0.7, s), (512, 512, 60)) for i, s in enumerate(spacings)], modality="MRI")
     assert make_plan(fp, GPU_NODE).value("preprocessing.spacing")[2] == pytest.approx(
-        float(__import__("numpy").percentile(spacings, 10)))
+        float(np.percentile(spacings, 10)))
 
 
 def test_pool_rotates_when_the_object_store_is_small_and_keeps_up_with_preparation() -> None:
