@@ -14,7 +14,7 @@ else
 PYTEST_MARK ?= -m "not slow"
 endif
 
-.PHONY: demo test test-all venv clean
+.PHONY: demo test test-all gpu-check venv clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,15 @@ test: $(VENV)/.installed
 
 test-all: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# The first run on a GPU machine (install with TORCH_SPEC=torch for a CUDA build): the CUDA tests, then
+# benchmarks/gpu_pipeline.py (plan, crops/s of the host and GPU crop paths vs MONAI's fast recipe, time to
+# the demo target with AMP on and off, data wait, GPU busy), all within 8 minutes; tables in one file.
+GPU_CHECK_OUT ?= runs/gpu_check/gpu_check.md
+gpu-check: $(VENV)/.installed
+	$(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu-check: torch sees no CUDA device (install a CUDA build: make venv TORCH_SPEC=torch)')"
+	timeout 120 $(PY) -m pytest -q -p no:cacheprovider tests/unit/test_device_crops.py tests/unit/test_staging.py tests/unit/test_gpu_settings.py
+	timeout 360 $(PY) benchmarks/gpu_pipeline.py --device cuda --out $(GPU_CHECK_OUT)
 
 clean:
 	rm -rf $(VENV) runs

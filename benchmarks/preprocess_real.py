@@ -1,7 +1,7 @@
 """Run the deterministic chain on real scans and print per-volume time and output shapes.
 
 Usage:
-  python ../shared/data/build_dev_data.py /tmp/devdata      # once (see its docstring)
+  python benchmarks/dev_data.py /tmp/devdata      # once (see its docstring)
   python benchmarks/preprocess_real.py /tmp/devdata/BrainDev /tmp/devdata/LesionMR
 
 Real data differs from the phantoms in spacing, orientation, dtype and intensity range;

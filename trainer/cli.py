@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 
 from cache_service import cli as service_cli
 from common.errors import SmartCacheError
-from trainer import commands, sweep_command
+from trainer import commands, plan_command, sweep_command
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_make_demo_data(sub)
     commands.register(sub)
+    plan_command.register(sub)
     service_cli.register(sub)
     sweep_command.register(sub)
     return parser

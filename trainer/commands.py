@@ -35,7 +35,16 @@ def _train(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, [f"data.dataset_dir={args.data}", *args.overrides])
+    config = args.config
+    if config is None:  # no config: plan one for this dataset and cluster, print it, train with it
+        from trainer.plan_command import PLAN_FILE, plan_run, write_plan
+
+        init_ray(args.address, getattr(args, "num_cpus", None))
+        plan = plan_run(args.data, args.overrides)
+        print(plan.table())
+        config = write_plan(plan, Path(args.out) / PLAN_FILE)
+        print(f"\nno --config: training with the plan above ({config}); --set overrides any value\n")
+    cfg = load_config(config, [f"data.dataset_dir={args.data}", *args.overrides])
     return _train(args, cfg)
 
 
@@ -95,7 +104,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "train with DDP under Ray Train, validate beside training, and write "
                                    "report.json, metrics, TensorBoard events, plots and model.pt to --out.")
     p.add_argument("--data", required=True, help="MSD dataset folder (with dataset.json)")
-    p.add_argument("--config", default=None, help="experiment YAML (default: built-in defaults)")
+    p.add_argument("--config", default=None, help="experiment YAML (default: plan one with `smartcache plan` first)")
     p.add_argument("--out", default="runs/train", help="output folder (default runs/train)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     _common_run_args(p)

@@ -17,7 +17,7 @@ import torch
 from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, LoadImaged
 
 from cache_service import SmartCache
-from cache_service.client import call, stop_caches, wait_until_ready
+from cache_service.client import stop_caches, wait_until_ready
 from common.catalog import load_catalog
 from common.errors import PoolFailedError
 
@@ -48,7 +48,7 @@ def test_huge_header_and_4d_image_quarantined_with_causes_rest_served(make_cache
     _make_4d(Path(four_d.image))
     # the driver's CT statistics pass reads every training case first: it must leave both out, not die
     handle, catalog, _, _ = make_cache(root, config_for(cache_num=3))
-    call(handle, "register", "exp")
+    handle.register("exp")
     status = wait_until_ready(handle, timeout_s=120, progress=False)
     errors = {q.item_id: q.error for q in status.quarantined}
     assert set(errors) == {huge.item_id, four_d.item_id}
@@ -56,10 +56,10 @@ def test_huge_header_and_4d_image_quarantined_with_causes_rest_served(make_cache
     assert errors[four_d.item_id].startswith(four_d.image) and "3 channel(s)" in errors[four_d.item_id]
     assert not any("applying transform" in e or " at 0x" in e for e in errors.values())
     assert status.state == "ready" and status.items_cached == 3
-    snap = call(handle, "snapshot", "exp")
+    snap = handle.snapshot("exp")
     assert {huge.item_id, four_d.item_id}.isdisjoint(snap.item_ids)
     assert all(ray.get(r).image.shape[0] == 1 for r in snap.refs)  # every served volume is one-channel 3D
-    call(handle, "unregister", "exp")
+    handle.unregister("exp")
 
 
 @pytest.mark.timeout(180)
