@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cache_service.client import cache_actor_names, call, stop_caches
+from cache_service.client import cache_actor_names, lookup, stop_caches
 from common.config import load_config
 from common.demo_data import make_demo_data
 
@@ -57,7 +57,7 @@ def test_sweep_on_one_cache_with_asha(ray_cluster: str, tmp_path: Path) -> None:
         assert "3 trials on 1 cache(s)" in done.stdout  # the plan printed at start
         names = cache_actor_names(namespace)
         assert len(names) == 1  # one cache actor for all three trials
-        status = call(ray.get_actor(names[0], namespace=namespace), "status")
+        status = lookup(names[0], namespace).status()
         assert status.experiments == []  # finished and stopped trials alike detached
         rows = json.loads((out / "results.json").read_text())
         assert [r["index"] for r in rows] == [0, 1, 2]
