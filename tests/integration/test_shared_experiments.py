@@ -57,7 +57,12 @@ def test_two_experiments_share_one_cache(ray_cluster, stats_dir, tmp_path):
         deadline, seen = time.monotonic() + 240, None
         while time.monotonic() < deadline:
             assert all(p.poll() is None for p in procs), "a training ended before both were attached"
-            caches = client.get("/cache").json()
+            answer = client.get("/cache")
+            if answer.status_code == 503:  # the cache actor is still starting (slow on a loaded machine): ask again
+                time.sleep(1.0)
+                continue
+            assert answer.status_code == 200, f"/cache answered {answer.status_code}: {answer.text[:500]}"
+            caches = answer.json()
             if caches and len(caches[0]["experiments"]) == 2:
                 ids = [e["experiment_id"] for e in caches[0]["experiments"]]
                 histories = {i: client.get(f"/experiments/{i}/sampler").json()["history"] for i in ids}

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 from cache_service.client import stop_caches
 from common.config import ExperimentConfig, config_from_dict
@@ -86,10 +87,10 @@ def test_deterministic_runs_give_identical_losses(ray_cluster, demo_root, stats_
 def test_killed_run_resumes_from_its_checkpoint(ray_cluster, demo_root, stats_dir, tmp_path):
     cfg = tiny_config(demo_root, stats_dir, epochs=40)
     out = tmp_path / "run"
-    overrides = [f"--set={section}.{key}={json.dumps(value)}" for section, values in cfg.to_dict().items()
-                 if isinstance(values, dict) for key, value in values.items()]
+    config_file = tmp_path / "run.yaml"  # the run's own config: `train` without --config would plan first
+    config_file.write_text(yaml.safe_dump(cfg.to_dict()))
     cmd = [sys.executable, "-m", "trainer.cli", "train", "--data", str(demo_root), "--out", str(out),
-           "--address", ray_cluster, *overrides]
+           "--address", ray_cluster, "--config", str(config_file)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 180
