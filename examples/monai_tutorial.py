@@ -1,11 +1,11 @@
 """MONAI's fast-training tutorial (acceleration/fast_training_tutorial.ipynb) on the shared SmartCache.
 
-    smartcache make-demo-data /tmp/demo --cases 8 --size 96
-    python examples/monai_tutorial.py --data /tmp/demo
+    smartcache make-demo-data /tmp/demo --cases 8 --size 64
+    python examples/monai_tutorial.py --data /tmp/demo --patch 16
 
 ``train_transforms`` is the tutorial's chain with two changes: ``device`` is the CPU unless
-CUDA is there, and ``spatial_size`` comes from ``--patch`` (the tutorial's 96 by default) so
-small demo volumes fit. The loader is the tutorial's ``ThreadDataLoader(batch_size=4)``
+CUDA is there, and ``spatial_size`` comes from ``--patch`` (the tutorial has 96, more than the
+small demo volumes hold after its spacing). The loader is the tutorial's ``ThreadDataLoader(batch_size=4)``
 without ``shuffle=True`` (the items come from a stream, which torch refuses to shuffle; the
 service shuffles crops itself). As in MONAI, a step has batch_size x num_samples = 16 crops.
 Validation is the tutorial's: sliding-window inference, ``AsDiscrete(argmax=True,
