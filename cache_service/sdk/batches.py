@@ -169,7 +169,8 @@ class CropDataset(IterableDataset):
     as MONAI counts: ``monai.data.DataLoader(ds, batch_size=2)`` and ``ThreadDataLoader(ds,
     batch_size=2)`` give 2 × n crops a step, ``batch_size=None`` gives n. A
     ``torch.utils.data.DataLoader`` needs MONAI's ``collate_fn=list_data_collate``, as it does
-    for any MONAI dataset with ``num_samples``. Crops are made by a background thread already,
+    for any MONAI dataset with ``num_samples``. The experiment's ``steps`` counts items here (an
+    epoch of ``steps`` items). Crops are made by a background thread already,
     so ``num_workers`` must stay 0. Rank and world size default to the Ray Train context or
     ``torch.distributed``, so the same object works inside ``train_loop_per_worker``.
 
