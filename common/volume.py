@@ -103,3 +103,21 @@ def class_voxel_indices(label: np.ndarray, num_classes: int, image_nbytes: int,
             idx = np.sort(rng.choice(idx, size=per_class_cap, replace=False))
         indices.append(idx.astype(dtype))
     return tuple(indices), tuple(counts)
+
+
+def adopt_background(indices: tuple[np.ndarray, ...], background: np.ndarray,
+                     label: np.ndarray) -> tuple[np.ndarray, ...] | None:
+    """The class indices with the user's own background indices (``FgBgToIndicesd``) in place of class 0's.
+
+    MONAI's ``FgBgToIndicesd(image_key=..., image_threshold=...)`` keeps only background inside
+    the body, so negative crops are drawn there as ``RandCropByPosNegLabeld`` would; they are
+    thinned to the size the byte budget gave class 0. ``None`` when they do not describe this
+    label (empty, out of range, or pointing at foreground: computed before a spatial step).
+    """
+    flat = label.reshape(-1)
+    bg = np.asarray(background).reshape(-1).astype(indices[0].dtype)
+    if bg.size == 0 or int(bg.max()) >= flat.size or int(bg.min()) < 0 or bool((flat[bg] != 0).any()):
+        return None
+    if bg.size > indices[0].size:
+        bg = np.sort(np.random.default_rng(0).choice(bg, size=indices[0].size, replace=False))
+    return (bg, *indices[1:])

@@ -119,3 +119,30 @@ def test_every_too_small_volume_is_named_with_the_parameter_set() -> None:
     assert "at most (4, 5, 6)" in message
     override = exp.settings.with_overrides(patch_size=(6, 6, 6))
     assert override.patch_parameter == "patch_size="
+
+
+def test_the_users_fgbg_background_indices_are_used_for_negatives(tmp_path, make_case, make_dataset) -> None:
+    from monai.transforms import Compose, EnsureChannelFirstd, FgBgToIndicesd, LoadImaged
+
+    from common.catalog import load_catalog
+    from common.config import PreprocessConfig
+    from common.preprocess import Preprocessor
+
+    image = np.zeros((12, 12, 12), np.float32)
+    image[2:10, 2:10, 2:10] = 1.0  # the body; outside it is air
+    label = np.zeros((12, 12, 12), np.uint8)
+    label[4:6, 4:6, 4:6] = 1
+    root = tmp_path / "ds"
+    root.mkdir()
+    make_dataset(root, [make_case(root, f"c{i}", image, label, np.eye(4)) for i in range(5)])
+    record = load_catalog(root).train[0]
+    keys = ["image", "label"]
+    plain = [LoadImaged(keys=keys), EnsureChannelFirstd(keys=keys)]
+    masked = Compose([*plain, FgBgToIndicesd(keys="label", image_key="image", image_threshold=0.5)])
+    inside = Preprocessor(PreprocessConfig(), 2, "none", None, chain=masked)(record)
+    everywhere = Preprocessor(PreprocessConfig(), 2, "none", None, chain=Compose(plain))(record)
+    body = inside.image[0].reshape(-1) > 0.5
+    assert body[inside.background_indices()].all()  # negatives only inside the body, as MONAI draws them
+    assert not body[everywhere.background_indices()].all()
+    assert (inside.label.reshape(-1)[inside.background_indices()] == 0).all()
+    assert inside.class_counts == everywhere.class_counts  # the label's own counts are unchanged
