@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import ray
 import torch
 from monai.data import DataLoader as MonaiDataLoader
 from monai.data import ThreadDataLoader
@@ -88,6 +89,9 @@ def test_fast_tutorial_chain_with_thread_loader_and_one_hot_validation(ray_clust
         cache = _connect(data, fast_chain(), namespace)
         classes = cache.catalog.num_classes
         with cache.experiment("fast", batch_size=2, steps=2) as exp:
+            for ref in exp.snapshot(0).refs:  # FgBgToIndicesd(image_key="image"): negatives inside the body
+                vol = ray.get(ref)
+                assert (vol.image[0].reshape(-1)[vol.background_indices()] > 0).all()
             with exp.batches(0) as batches:
                 assert [b["image"].shape for b in batches] == [(8, 1, *PATCH)] * 2  # 2 volumes x num_samples=4
             ds = exp.dataset()
