@@ -85,8 +85,8 @@ class SmartCacheService:
         self.book = CacheBook(train_ids, [r.item_id for r in spec.catalog.val], self.cfg.pool_size(len(train_ids)),
                               self.cfg.replace_rate, budget, self.cfg.replace_workers,
                               np.random.default_rng(spec.seed))
-        if budget_note:
-            log.warning(budget_note)
+        if budget_note:  # a default budget fitted to the store is no news; one the user asked for is
+            log.log(logging.WARNING if "byte_budget" in self.cfg.model_fields_set else logging.INFO, budget_note)
             self.book.store_message = budget_note
         if self.cfg.disk_path() is not None:
             self.book.disk_tier = "ok"

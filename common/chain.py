@@ -42,6 +42,7 @@ class CropSpec:
     patch_size: tuple[int, int, int]
     samples_per_volume: int
     initial_ratio: float  # pos / neg
+    where: str = "RandCropByPosNegLabeld"  # the transform in the user's chain, named in error messages
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ def _crop_spec(t: RandCropByPosNegLabeld, where: str) -> CropSpec:
         raise ConfigError(f"{where}.spatial_size", size, "three positive sizes: the service crops fixed 3D patches")
     pos = float(cropper.pos_ratio)
     ratio = pos / (1.0 - pos) if pos < 1.0 else float("inf")
-    return CropSpec(size, int(cropper.num_samples), ratio)  # type: ignore[arg-type]
+    return CropSpec(size, int(cropper.num_samples), ratio, f"{where} RandCropByPosNegLabeld")  # type: ignore[arg-type]
 
 
 def split_user_chain(chain: Compose | Sequence[Callable]) -> UserChain:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from monai.transforms import (
     Compose,
+    FgBgToIndicesd,
     MapTransform,
     NormalizeIntensityd,
     Orientationd,
@@ -34,7 +35,7 @@ from common.catalog import Catalog, Record
 from common.config import MAX_VOXELS, PreprocessConfig
 from common.errors import DataError, describe_error, root_cause
 from common.nifti import LoadCheckedPaird, load_checked_pair
-from common.volume import PreparedVolume, class_voxel_indices
+from common.volume import PreparedVolume, adopt_background, class_voxel_indices
 
 STATS_SAMPLES_PER_VOLUME = 200_000
 
@@ -181,11 +182,13 @@ def _channel_first(d: dict, key: str, item_id: str) -> np.ndarray:
 
 
 def finish_volume(d: dict, item_id: str, num_classes: int, patch_size: Sequence[int] | None,
-                  seconds: float) -> PreparedVolume:
+                  seconds: float, background_key: str | None = None) -> PreparedVolume:
     """Turn the chain's output dict into a PreparedVolume (``patch_size``: also check it holds one patch).
 
     Works for the project's chain and for a user's MONAI prefix (``LoadImaged`` ...), which
     keeps the source affine and shape in the image's MetaTensor metadata instead.
+    ``background_key``: where the prefix's ``FgBgToIndicesd`` left the label's background
+    indices; they replace the cache's own for negative centres (see ``adopt_background``).
     """
     image = np.ascontiguousarray(_channel_first(d, "image", item_id), dtype=np.float32)
     label = np.ascontiguousarray(np.rint(_channel_first(d, "label", item_id))).astype(np.uint8)
@@ -194,6 +197,12 @@ def finish_volume(d: dict, item_id: str, num_classes: int, patch_size: Sequence[
     original_affine = d.get("original_affine", meta.get("original_affine", affine))
     original_shape = d.get("original_shape", meta.get("spatial_shape", image.shape[1:]))
     indices, counts = class_voxel_indices(label, num_classes, image.nbytes)
+    if background_key is not None and background_key in d:
+        adopted = adopt_background(indices, _flat_indices(d[background_key]), label)
+        if adopted is None:
+            log.warning("%s: the prefix's %s does not index this label's background (a spatial step after "
+                        "FgBgToIndicesd?); negative crops use the whole background", item_id, background_key)
+        indices = adopted or indices
     vol = PreparedVolume(
         item_id=item_id, image=image, label=label, class_indices=indices, class_counts=counts,
         affine=affine, original_affine=np.asarray(original_affine, dtype=np.float64),
@@ -205,6 +214,18 @@ def finish_volume(d: dict, item_id: str, num_classes: int, patch_size: Sequence[
     return vol
 
 
+def _flat_indices(value: Any) -> np.ndarray:
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+def background_key(chain: Compose) -> str | None:
+    """The key under which a ``FgBgToIndicesd`` on ``label`` in the chain stores background indices."""
+    for t in chain.transforms:
+        if isinstance(t, FgBgToIndicesd) and "label" in t.keys:
+            return f"label{t.bg_postfix}"
+    return None
+
+
 class Preprocessor:
     """Runs the deterministic prefix for one record; a plain, picklable object for Ray tasks."""
 
@@ -214,6 +235,7 @@ class Preprocessor:
         self.cfg, self.num_classes, self.norm, self.stats = cfg, num_classes, norm, stats
         self.patch_size = tuple(patch_size) if patch_size is not None else None
         self.chain = chain if chain is not None else deterministic_chain(cfg, num_classes, norm, stats, num_channels)
+        self.background_key = background_key(self.chain)
 
     def __call__(self, record: Record) -> PreparedVolume:
         start = time.perf_counter()
@@ -227,7 +249,8 @@ class Preprocessor:
                 raise root from None
             raise DataError(record.image, f"preprocessing failed: {describe_error(root)}") from err
         out = {"image_path": record.image, "label_path": record.label, **out}
-        return finish_volume(out, record.item_id, self.num_classes, self.patch_size, time.perf_counter() - start)
+        return finish_volume(out, record.item_id, self.num_classes, self.patch_size, time.perf_counter() - start,
+                             self.background_key)
 
 
 def build_preprocessor(catalog: Catalog, cfg: PreprocessConfig, patch_size: Sequence[int] | None,

@@ -8,8 +8,7 @@ negative crop centre in O(1) instead of scanning the label for every crop.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -48,20 +47,40 @@ class PreparedVolume:
         """Bytes this volume occupies in the object store (arrays only; metadata is tiny)."""
         return int(self.image.nbytes + self.label.nbytes + sum(i.nbytes for i in self.class_indices))
 
-    def require_fits(self, patch_size: Sequence[int]) -> None:
+    def fits(self, patch_size: Sequence[int]) -> bool:
+        return all(s >= p for s, p in zip(self.spatial_shape, patch_size))
+
+    def require_fits(self, patch_size: Sequence[int], parameter: str = "sampler.patch_size") -> None:
         """Raise a :class:`DataError` naming the file when this volume is smaller than a consumer's patch.
 
         Checked by each consumer for its own patch (never by the shared cache), so one
         experiment's patch size cannot quarantine items for another.
         """
-        if any(s < p for s, p in zip(self.spatial_shape, patch_size)):
-            raise DataError(self.source.get("image") or self.item_id,
-                            f"volume is {self.spatial_shape} voxels after preprocessing, smaller than this "
-                            f"experiment's patch {tuple(int(p) for p in patch_size)}; lower the patch size "
-                            "(sampler.patch_size) or the target spacing")
+        require_all_fit([self], patch_size, parameter)
+
+    def writable_copy(self) -> "PreparedVolume":
+        """The same volume with its own writable image and label (a store object is a read-only view)."""
+        return replace(self, image=np.array(self.image), label=np.array(self.label))
 
     def background_indices(self) -> np.ndarray:
         return self.class_indices[0]
+
+
+def require_all_fit(volumes: Sequence[PreparedVolume], patch_size: Sequence[int],
+                    parameter: str = "sampler.patch_size") -> None:
+    """Raise one :class:`DataError` naming every volume smaller than the patch and the setting that chose it.
+
+    ``parameter`` is what the user actually set (a chain's ``RandCropByPosNegLabeld spatial_size``,
+    ``patch_size=`` on ``experiment()``, or the config key), so the fix names their own knob.
+    """
+    patch = tuple(int(p) for p in patch_size)
+    small = [v for v in volumes if not v.fits(patch)]
+    if small:
+        names = ", ".join(v.source.get("image") or v.item_id for v in small)
+        shapes = ", ".join(str(v.spatial_shape) for v in small)
+        bound = tuple(min([patch[a], *(v.spatial_shape[a] for v in small)]) for a in range(3))
+        raise DataError(names, f"{len(small)} volume(s) of {shapes} voxels after preprocessing, smaller than this "
+                        f"experiment's patch {patch}; lower {parameter} to at most {bound} or the target spacing")
 
 
 def class_voxel_indices(label: np.ndarray, num_classes: int, image_nbytes: int,
@@ -84,3 +103,21 @@ def class_voxel_indices(label: np.ndarray, num_classes: int, image_nbytes: int,
             idx = np.sort(rng.choice(idx, size=per_class_cap, replace=False))
         indices.append(idx.astype(dtype))
     return tuple(indices), tuple(counts)
+
+
+def adopt_background(indices: tuple[np.ndarray, ...], background: np.ndarray,
+                     label: np.ndarray) -> tuple[np.ndarray, ...] | None:
+    """The class indices with the user's own background indices (``FgBgToIndicesd``) in place of class 0's.
+
+    MONAI's ``FgBgToIndicesd(image_key=..., image_threshold=...)`` keeps only background inside
+    the body, so negative crops are drawn there as ``RandCropByPosNegLabeld`` would; they are
+    thinned to the size the byte budget gave class 0. ``None`` when they do not describe this
+    label (empty, out of range, or pointing at foreground: computed before a spatial step).
+    """
+    flat = label.reshape(-1)
+    bg = np.asarray(background).reshape(-1).astype(indices[0].dtype)
+    if bg.size == 0 or int(bg.max()) >= flat.size or int(bg.min()) < 0 or bool((flat[bg] != 0).any()):
+        return None
+    if bg.size > indices[0].size:
+        bg = np.sort(np.random.default_rng(0).choice(bg, size=indices[0].size, replace=False))
+    return (bg, *indices[1:])

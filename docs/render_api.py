@@ -7,6 +7,7 @@ The reference is generated, never hand-edited, so it cannot drift from the code;
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import re
 import sys
@@ -56,8 +57,27 @@ def _members(cls: type) -> list[tuple[str, object]]:
     return out
 
 
+def _type_name(t: object) -> str:
+    """``list[str]`` as written, a plain class by its name."""
+    if isinstance(t, str):
+        return t
+    return t.__name__ if isinstance(t, type) else str(t).replace("typing.", "")
+
+
+def _fields(cls: type) -> list[str]:
+    """The fields of a dataclass or pydantic model (the types a user receives), with their types."""
+    if dataclasses.is_dataclass(cls):
+        pairs = [(f.name, f.type) for f in dataclasses.fields(cls)]
+    elif isinstance(getattr(cls, "model_fields", None), dict):
+        pairs = [(name, info.annotation) for name, info in cls.model_fields.items()]
+    else:
+        return []
+    shown = [f"`{name}: {_type_name(t)}`" for name, t in pairs]
+    return ["Fields: " + ", ".join(shown) + ".", ""]
+
+
 def _class(cls: type) -> list[str]:
-    lines = [f"### class `{cls.__name__}`", "", _doc(cls), ""]
+    lines = [f"### class `{cls.__name__}`", "", _doc(cls), "", *_fields(cls)]
     for name, member in _members(cls):
         if isinstance(member, property):
             lines += [f"- **`{name}`** (property): {_doc(member.fget) or ''}".rstrip(), ""]
@@ -80,13 +100,17 @@ def _module(mod: ModuleType, names: list[str]) -> list[str]:
 
 def render() -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from cache_service import cluster, handle
-    from cache_service.sdk import api, batches, device, protocol
-    from common import chain, fair_rotation, scoring
+    from cache_service import cluster, handle, snapshot, status
+    from cache_service.sdk import api, batches, device, mismatch, protocol
+    from common import chain, fair_rotation, scoring, volume
 
     sections = [
         (api, ["SmartCache", "Experiment"]),
-        (batches, ["ConsumerSettings", "CropBatches", "CropDataset", "apply_suffix"]),
+        (batches, ["ConsumerSettings", "CropBatches", "CropDataset", "crops_of", "apply_suffix"]),
+        (mismatch, ["CacheSettingsWarning", "setting_differences", "warn_if_different"]),
+        (volume, ["PreparedVolume", "require_all_fit"]),
+        (snapshot, ["Snapshot"]),
+        (status, ["CacheStatus", "ExperimentStatus", "SamplerReport", "QuarantinedItem", "FaultEvent"]),
         (device, ["DeviceVolumes"]),
         (protocol, ["attach", "register", "epoch_snapshot", "crop_batches", "finish_epoch", "validation_snapshot",
                     "validation_numbers", "publish_ratio", "unregister"]),

@@ -14,6 +14,7 @@ adapts); RandFlipd and RandScaleIntensityd run here, on each crop.
 from __future__ import annotations
 
 import torch
+from monai.data import ThreadDataLoader
 from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
@@ -25,7 +26,6 @@ from monai.transforms import (
     ScaleIntensityRanged,
     Spacingd,
 )
-from torch.utils.data import DataLoader
 
 from _shared import dice_loss, parse_args, segment, small_unet, train_step
 from cache_service import SmartCache
@@ -54,8 +54,8 @@ def main() -> int:
     model = small_unet(1, cache.catalog.num_classes)
     optimizer, loss_fn = torch.optim.Adam(model.parameters(), lr=1e-3), dice_loss()
     with cache.experiment("monai-loop", batch_size=2, steps=args.steps) as exp:
-        dataset = exp.dataset()  # an IterableDataset of whole batches
-        loader = DataLoader(dataset, batch_size=None, pin_memory=torch.cuda.is_available())
+        dataset = exp.dataset()  # MONAI-form items: a list of num_samples crops each
+        loader = ThreadDataLoader(dataset, batch_size=2)  # as MONAI counts: 2 volumes x num_samples crops a step
         volumes = exp.validation_volumes()
         for epoch in range(args.epochs):
             dataset.set_epoch(epoch)

@@ -19,6 +19,7 @@ import ray.train.torch
 import torch
 from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from monai.data import list_data_collate
 from torch.utils.data import DataLoader
 
 from _shared import dice_loss, parse_args, segment, small_unet, train_step
@@ -31,7 +32,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(small_unet(1, exp.num_classes))
     optimizer, loss_fn = torch.optim.Adam(model.parameters(), lr=1e-3), dice_loss()
     dataset = exp.dataset()  # rank / world size from the Ray Train context
-    loader = DataLoader(dataset, batch_size=None, pin_memory=torch.cuda.is_available())
+    loader = DataLoader(dataset, batch_size=None, collate_fn=list_data_collate,  # one item: samples_per_volume crops
+                        pin_memory=torch.cuda.is_available())
     volumes = exp.validation_volumes() if rank == 0 else []
     for epoch in range(config["epochs"]):
         dataset.set_epoch(epoch)

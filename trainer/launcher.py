@@ -281,6 +281,7 @@ def _fit_with_progress(trainer: TorchTrainer, validator: Any, cfg: ExperimentCon
     thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
     thread.start()
     relay = ValidationRelay(validator, on_validation)
+    shown: tuple[int, float | None] = (0, None)
     with tqdm(total=cfg.training.epochs, desc="training", unit="epoch", disable=not show) as bar:
         while thread.is_alive():
             thread.join(timeout=2.0)
@@ -290,10 +291,10 @@ def _fit_with_progress(trainer: TorchTrainer, validator: Any, cfg: ExperimentCon
             except ray.exceptions.RayError:
                 continue
             relay.poll()
-            if rows:
-                bar.n = len(rows)
+            if rows and (len(rows), best) != shown:  # draw each change once (set_postfix would draw it too)
+                shown, bar.n = (len(rows), best), len(rows)
                 bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}", ratio=f"{rows[-1]['ratio']:.2f}",
-                                best_dice="-" if best is None else f"{best:.3f}")
+                                best_dice="-" if best is None else f"{best:.3f}", refresh=False)
                 bar.refresh()
     if "error" in box:
         raise box["error"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import pickle
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -30,6 +31,7 @@ from cache_service.recovery import ResilientCache
 from cache_service.sdk import protocol
 from cache_service.sdk.batches import ConsumerSettings, CropBatches, CropDataset
 from cache_service.sdk.device import DeviceVolumes
+from cache_service.sdk.mismatch import warn_if_different
 from cache_service.snapshot import Snapshot
 from cache_service.status import CacheStatus, ExperimentStatus, SamplerReport
 from common.catalog import Catalog, fingerprint, load_catalog
@@ -51,11 +53,11 @@ class Experiment:
         self.settings, self.num_classes, self.info = settings, num_classes, dict(info or {})
         self._cache: CacheCalls | None = None
         self._owner = False  # True in the object that registered (it alone unregisters)
-        self._val_refs: tuple[Any, ...] = ()
+        self._data_failure: BaseException | None = None  # a producer failure not yet raised in the training thread
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(_cache=None, _owner=False, _val_refs=())  # a copy in a worker never detaches
+        state.update(_cache=None, _owner=False, _data_failure=None)  # a copy in a worker never detaches
         return state
 
     @property
@@ -103,12 +105,14 @@ class Experiment:
                 samples_per_volume: int | None = None, steps: int | None = None,
                 device_volumes: DeviceVolumes | None = None) -> CropBatches:
         """This rank's crop batches for ``epoch``: dicts of ``image`` (B, C, *patch) float32,
-        ``label`` (B, 1, *patch) uint8 and ``positive`` (B,) bool. Use ``with`` or iterate to the end.
+        ``label`` (B, 1, *patch) uint8 and ``positive`` (B,) bool, B crops as
+        :meth:`SmartCache.experiment` counts them. Use ``with`` or iterate to the end.
 
         Pass the same ``device_volumes`` (a :class:`cache_service.sdk.device.DeviceVolumes` for your
         GPU) every epoch to cut crops on the GPU from volumes uploaded once per pool generation.
 
-        Raises :class:`~common.errors.DataError` if a volume is smaller than ``patch_size``.
+        Raises :class:`~common.errors.DataError` naming every volume of this rank's share smaller
+        than the patch, and the setting the patch came from.
         """
         settings = self.settings.with_overrides(patch_size=patch_size, batch_size=batch_size,
                                                 samples_per_volume=samples_per_volume, steps=steps)
@@ -120,23 +124,35 @@ class Experiment:
                                      fetch=fetch, device_volumes=device_volumes)
 
     def dataset(self, *, rank: int | None = None, world_size: int | None = None, **overrides: Any) -> CropDataset:
-        """An ``IterableDataset`` of batches (``DataLoader(ds, batch_size=None, pin_memory=True)``)."""
+        """An ``IterableDataset`` of MONAI-form items, one list of ``num_samples`` crops each (see
+        :class:`~cache_service.sdk.batches.CropDataset`): ``monai.data.ThreadDataLoader(ds, batch_size=2)``."""
         return CropDataset(self, rank=rank, world_size=world_size, **overrides)
+
+    def note_data_failure(self, error: BaseException) -> None:
+        """Keep a crop producer's failure for :meth:`finish_epoch` (a loader thread may have dropped it)."""
+        self._data_failure = error
 
     def finish_epoch(self, epoch: int, metrics: dict[str, float] | None = None, *, rank: int = 0) -> bool:
         """Say the epoch is done; only rank 0's call is sent (safe to call on every rank).
 
         Returns whether the pool rotated: it rotates once every attached experiment has
         trained on the current generation; until then this one repeats the same pool.
+        Raises the failure of this epoch's crop producer first, if a loader thread swallowed it.
         """
+        failure, self._data_failure = self._data_failure, None
+        if failure is not None:
+            raise failure
         return rank == 0 and protocol.finish_epoch(self.cache, self.id, epoch, metrics)
 
     # ---- validation and the adaptive ratio ----------------------------------------------------
     def validation_volumes(self) -> list[PreparedVolume]:
-        """The cached validation volumes (read-only views into shared memory; kept readable by this object)."""
+        """The cached validation volumes, as writable copies.
+
+        The object store hands out read-only views of shared memory, on which ``torch.as_tensor``
+        warns and in-place transforms fail; validation volumes are few and read once per call.
+        """
         snap = protocol.validation_snapshot(self.cache)
-        self._val_refs = snap.refs
-        return [ray.get(r) for r in snap.refs]
+        return [ray.get(r).writable_copy() for r in snap.refs]
 
     def report_validation(self, epoch: int, pred: Any, label: Any) -> SamplerReport:
         """Measure Dice, r_FP, r_FN and publish the next ratio; returns what the cache stored.
@@ -178,7 +194,7 @@ class SmartCache:
     def connect(cls, dataset: str | Path, transforms: Compose | Sequence[Callable] | None = None, *,
                 cache_num: int | None = None, cache_rate: float = 1.0, replace_rate: float = 0.2,
                 val_fraction: float = 0.2, address: str | None = "auto", namespace: str = "smartcache",
-                byte_budget: int | str = "8GiB", disk_dir: str | None = None, wait: bool = True,
+                byte_budget: int | str | None = None, disk_dir: str | None = None, wait: bool = True,
                 progress: bool = False, settings: dict[str, Any] | None = None) -> "SmartCache":
         """Attach to (or start) the cache for an MSD-layout ``dataset`` folder and a transform chain.
 
@@ -188,13 +204,19 @@ class SmartCache:
         uses the project's own chain (orientation, spacing, CT/MRI normalisation, configured
         by ``settings["preprocessing"]``). ``address``: ``"auto"`` joins the running Ray
         cluster, ``None`` starts a local one; ignored when Ray is already initialised.
+        ``byte_budget``: ``None`` is the config's default (8 GiB, lowered quietly to what the
+        object store holds); a value you set is reported when the store cannot hold it.
         ``settings``: any further config sections as a dict (see ``common.config``).
+
+        A cache already running for the same dataset and prefix is joined as it is: a
+        :class:`~cache_service.sdk.mismatch.CacheSettingsWarning` names each of your settings
+        that it does not share (see :mod:`cache_service.sdk.mismatch` for the rule).
         """
         raw = dict(settings or {})
         raw["data"] = {"dataset_dir": str(dataset), "val_fraction": val_fraction, **raw.get("data", {})}
         raw["cache"] = {"cache_num": cache_num, "cache_rate": cache_rate, "replace_rate": replace_rate,
-                        "namespace": namespace, "byte_budget": byte_budget, "disk_dir": disk_dir,
-                        **raw.get("cache", {})}
+                        "namespace": namespace, "disk_dir": disk_dir,
+                        **({} if byte_budget is None else {"byte_budget": byte_budget}), **raw.get("cache", {})}
         join_or_start(address)
         return cls.from_config(config_from_dict(raw), transforms=transforms, wait=wait, progress=progress)
 
@@ -207,12 +229,17 @@ class SmartCache:
         chain, prep_bytes = None, None
         if transforms is not None:
             chain = split_user_chain(transforms)
+            if chain.crop is None:
+                warnings.warn(f"the transform chain has no RandCropByPosNegLabeld, so the service cuts "
+                              f"sampler.patch_size {tuple(cfg.sampler.patch_size)} crops; add one to the chain "
+                              "or pass patch_size= to experiment()", UserWarning, stacklevel=3)
             prep = Preprocessor(cfg.preprocessing, catalog.num_classes, "none", None, chain=chain.prefix)
             prep_bytes = pickle.dumps(prep)
         fp = fingerprint(catalog, cfg.preprocessing, chain.identity if chain else None)
         handle = client.get_or_create_cache(catalog, cfg.cache_side, fp, seed=cfg.training.seed,
                                             actor_num_cpus=actor_num_cpus, preprocessor=prep_bytes)
         cache = cls(cfg, catalog, fp, handle, chain)
+        warn_if_different(cfg.cache, handle.status())
         if wait:
             client.wait_until_ready(handle, progress=progress)
         return cache
@@ -235,6 +262,10 @@ class SmartCache:
         Crop settings default to the config's sampler, then to the chain's
         ``RandCropByPosNegLabeld`` (patch size, samples per volume, pos/neg as the start ratio),
         then to the explicit arguments here. ``unique`` appends a short random suffix to the id.
+
+        With a chain's crop, ``batch_size`` counts volumes as MONAI's loaders do: each gives
+        ``num_samples`` crops, so ``batch_size=2`` with ``num_samples=4`` makes batches of 8 crops
+        (the tutorials' step). Without one (the project's chain, a config file) it counts crops.
         """
         cfg = self.config
         sampler = sampler or cfg.sampler
@@ -242,11 +273,13 @@ class SmartCache:
         if crop is not None:
             lo, hi = sampler.ratio_bounds
             sampler = sampler.replace(patch_size=crop.patch_size, samples_per_volume=crop.samples_per_volume,
-                              initial_ratio=min(hi, max(lo, crop.initial_ratio)))
+                                      initial_ratio=min(hi, max(lo, crop.initial_ratio)))
         if initial_ratio is not None:
             sampler = sampler.replace(initial_ratio=initial_ratio)
         settings = ConsumerSettings(sampler=sampler, augment=augment or cfg.augmentation,
                                     batch_size=cfg.training.batch_size,
+                                    patch_parameter=f"{crop.where} spatial_size" if crop else "sampler.patch_size",
+                                    batch_counts_volumes=crop is not None,
                                     seed=cfg.training.seed if seed is None else seed,
                                     suffix=self.chain.suffix if self.chain is not None else None)
         settings = settings.with_overrides(patch_size=patch_size, batch_size=batch_size,

@@ -23,11 +23,11 @@ from monai.transforms import Compose
 from torch.utils.data import IterableDataset, get_worker_info
 
 from cache_service.sdk.device import DeviceCutter, DeviceVolumes
-from cache_service.sdk.stream import Batch, BatchProducerError, CropBatchStream
+from cache_service.sdk.stream import Batch, BatchProducerError, CropBatchStream, shard
 from cache_service.snapshot import Snapshot
 from common.config import AugmentConfig, SamplerConfig
 from common.errors import ConfigError, SmartCacheError
-from common.volume import PreparedVolume
+from common.volume import PreparedVolume, require_all_fit
 
 NO_AUGMENT = AugmentConfig(flip_prob=0.0, shift_prob=0.0)
 
@@ -39,6 +39,8 @@ class ConsumerSettings:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # the service's own flip / intensity shift
     batch_size: int = 2
+    patch_parameter: str = "sampler.patch_size"  # the setting the patch size came from, named in errors
+    batch_counts_volumes: bool = False  # True: batch_size counts volumes, each giving samples_per_volume crops (MONAI)
     seed: int = 0
     steps: int | None = None  # batches per rank and epoch; None: one pass over the shard
     suffix: Compose | None = None  # the user's random MONAI transforms, run on each crop
@@ -47,7 +49,18 @@ class ConsumerSettings:
         """A copy with the given (non-None) values; ``patch_size`` and ``samples_per_volume`` go to the sampler."""
         sampler_kw = {k: kw.pop(k) for k in ("patch_size", "samples_per_volume") if kw.get(k) is not None}
         sampler = self.sampler.replace(**{k: tuple(v) if k == "patch_size" else v for k, v in sampler_kw.items()})
+        if "patch_size" in sampler_kw:
+            kw.setdefault("patch_parameter", "patch_size=")
         return replace(self, sampler=sampler, **{k: v for k, v in kw.items() if v is not None})
+
+    @property
+    def crops_per_batch(self) -> int:
+        """Crops in one batch: ``batch_size`` itself, or MONAI's count of ``batch_size`` volumes × ``num_samples``.
+
+        A MONAI ``DataLoader(batch_size=2)`` over a dataset whose ``RandCropByPosNegLabeld`` has
+        ``num_samples=4`` trains on 8 crops a step; a chain with that crop gets the same here.
+        """
+        return self.batch_size * (self.sampler.samples_per_volume if self.batch_counts_volumes else 1)
 
 
 def _tensor(x: Any) -> torch.Tensor:
@@ -80,8 +93,12 @@ class CropBatches:
 
         def checked(ref: Any) -> PreparedVolume:
             volume = load(ref)
-            volume.require_fits(patch)
+            volume.require_fits(patch, settings.patch_parameter)
             return volume
+
+        if items is None:  # store volumes are zero-copy views: check this rank's share now, naming every small one
+            mine = shard(len(snapshot.refs), rank, world_size, epoch, settings.seed)
+            require_all_fit([load(snapshot.refs[i]) for i in sorted(set(mine))], patch, settings.patch_parameter)
 
         self.suffix = settings.suffix
         if self.suffix is not None:  # reproducible per (seed, epoch, rank), like the crops
@@ -95,7 +112,7 @@ class CropBatches:
         # volumes from the object store are immutable zero-copy views: fetch each once per epoch;
         # a loader (the no-cache baseline) must not be memoised, or the stream becomes a private cache
         self.stream = CropBatchStream(list(snapshot.refs) if items is None else list(items), checked, snapshot.ratio,
-                                      settings.sampler, augment, settings.batch_size, seed=settings.seed,
+                                      settings.sampler, augment, settings.crops_per_batch, seed=settings.seed,
                                       rng=np.random.default_rng([settings.seed, epoch, rank]), rank=rank,
                                       world_size=world_size, epoch=epoch, steps=settings.steps,
                                       keep_fetched=items is None, cutter=cutter)
@@ -138,13 +155,28 @@ class CropBatches:
         self.close()
 
 
-class CropDataset(IterableDataset):
-    """``torch.utils.data.IterableDataset`` of crop batches of one experiment; call :meth:`set_epoch` each epoch.
+def crops_of(batch: Batch) -> list[dict[str, torch.Tensor]]:
+    """A batch as MONAI's list of per-crop dicts (what ``RandCropByPosNegLabeld(num_samples=n)`` returns)."""
+    return [{key: value[i] for key, value in batch.items()} for i in range(int(batch["image"].shape[0]))]
 
-    Use ``DataLoader(dataset, batch_size=None, pin_memory=True)``: items are whole batches,
-    made by a background thread already, so the DataLoader needs no worker processes
-    (``num_workers`` must stay 0). Rank and world size default to the Ray Train context or
+
+class CropDataset(IterableDataset):
+    """``IterableDataset`` of one experiment's crops in MONAI's item form; call :meth:`set_epoch` each epoch.
+
+    Each item is what a MONAI dataset ending in ``RandCropByPosNegLabeld(num_samples=n)`` yields:
+    a list of ``n`` crop dicts (``image`` (C, *patch) float32, ``label`` (1, *patch) uint8,
+    ``positive`` bool). So MONAI's loaders batch it as they batch their own datasets and count
+    as MONAI counts: ``monai.data.DataLoader(ds, batch_size=2)`` and ``ThreadDataLoader(ds,
+    batch_size=2)`` give 2 × n crops a step, ``batch_size=None`` gives n. A
+    ``torch.utils.data.DataLoader`` needs MONAI's ``collate_fn=list_data_collate``, as it does
+    for any MONAI dataset with ``num_samples``. The experiment's ``steps`` counts items here (an
+    epoch of ``steps`` items). Crops are made by a background thread already,
+    so ``num_workers`` must stay 0. Rank and world size default to the Ray Train context or
     ``torch.distributed``, so the same object works inside ``train_loop_per_worker``.
+
+    A producer failure is raised where the loader iterates and also handed to the experiment:
+    ``ThreadDataLoader`` iterates in a thread of its own that drops the exception and ends the
+    epoch early, so the experiment raises it again in the training thread at ``finish_epoch``.
     """
 
     def __init__(self, experiment: Any, *, rank: int | None = None, world_size: int | None = None,
@@ -156,14 +188,22 @@ class CropDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator[list[dict[str, torch.Tensor]]]:
         info = get_worker_info()
         if info is not None and info.num_workers > 1:
             raise ConfigError("DataLoader.num_workers", info.num_workers, "0: crops are already made in a "
                               "background thread, and worker processes would repeat the same batches")
-        with self.experiment.batches(self.epoch, rank=self.rank, world_size=self.world_size,
-                                     **self.overrides) as batches:
-            yield from batches
+        settings = self.experiment.settings.with_overrides(**self.overrides)
+        per_item = 1 if settings.batch_counts_volumes else settings.sampler.samples_per_volume  # n crops an item
+        overrides = {**self.overrides, "batch_size": per_item}
+        try:
+            with self.experiment.batches(self.epoch, rank=self.rank, world_size=self.world_size,
+                                         **overrides) as batches:
+                for batch in batches:
+                    yield crops_of(batch)
+        except Exception as err:
+            self.experiment.note_data_failure(err)
+            raise
 
 
 def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:

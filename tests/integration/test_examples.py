@@ -38,11 +38,13 @@ def test_plain_pytorch_runs_on_its_own(demo, tmp_path):
 
 
 @pytest.mark.timeout(330)
-@pytest.mark.parametrize("name", ["monai_loop", "ray_train_loop"])
-def test_example_on_a_cluster(name, ray_cluster, demo, tmp_path):
+@pytest.mark.parametrize("name, patch", [("monai_loop", "24"), ("ray_train_loop", "24"),
+                                         ("monai_tutorial", "16")])  # the tutorial's spacing leaves smaller volumes
+def test_example_on_a_cluster(name, patch, ray_cluster, demo, tmp_path):
     namespace = f"ex-{uuid.uuid4().hex[:6]}"
     try:
-        done = subprocess.run(_example(name, demo, *SMALL, "--address", ray_cluster, "--namespace", namespace),
+        done = subprocess.run(_example(name, demo, *SMALL, "--patch", patch, "--address", ray_cluster,
+                                       "--namespace", namespace),
                               capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]
         assert "epoch 1:" in done.stdout and "next ratio" in done.stdout, done.stdout

@@ -63,7 +63,7 @@ def test_user_compose_prefix_is_cached_and_suffix_runs_on_crops(ray_cluster, tmp
                   settings={"cache": {"task_num_cpus": 0.25}})
     try:
         cache = SmartCache.connect(data, transforms=_user_compose(), **kwargs)
-        with cache.experiment("user-chain", batch_size=4, steps=3) as exp:
+        with cache.experiment("user-chain", batch_size=2, steps=3) as exp:  # 2 volumes x num_samples=2 a step
             assert exp.settings.sampler.patch_size == PATCH and exp.settings.sampler.samples_per_volume == 2
             snap = exp.snapshot(0)
             prefix, volumes = Compose(_prefix()), []
@@ -76,6 +76,7 @@ def test_user_compose_prefix_is_cached_and_suffix_runs_on_crops(ray_cluster, tmp
                 volumes.append(vol.image[0])
             with exp.batches(0) as batches:
                 crops = list(batches)
+        assert [b["image"].shape[0] for b in crops] == [4, 4, 4]  # batch_size counted as MONAI counts it
         images = np.concatenate([b["image"].numpy() for b in crops])[:, 0]
         assert images.shape[1:] == PATCH and len(images) == 12
         assert images.max() > 1.0 and images.max() <= 2.0 + 1e-6  # RandScaleIntensityd ran on the crops

@@ -161,6 +161,7 @@ class _LocalExperiment:
 
 @pytest.mark.filterwarnings("ignore:.*pin_memory.*")
 def test_crop_dataset_in_a_pinned_dataloader() -> None:
+    from monai.data import list_data_collate
     from torch.utils.data import DataLoader
 
     from cache_service.sdk import CropDataset
@@ -169,7 +170,7 @@ def test_crop_dataset_in_a_pinned_dataloader() -> None:
                            ConsumerSettings(sampler=SamplerConfig(patch_size=(6, 6, 6), samples_per_volume=1),
                                             batch_size=2))
     ds = CropDataset(exp, rank=1, world_size=2)
-    loader = DataLoader(ds, batch_size=None, pin_memory=True)
+    loader = DataLoader(ds, batch_size=2, collate_fn=list_data_collate, pin_memory=True)
     for epoch in range(2):
         ds.set_epoch(epoch)
         batches = list(loader)
