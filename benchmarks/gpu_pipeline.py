@@ -40,7 +40,8 @@ from common.config import ExperimentConfig, load_config, replace_section  # noqa
 from common.demo_data import make_demo_data  # noqa: E402
 from common.preprocess import Preprocessor, build_preprocessor  # noqa: E402
 from common.volume import PreparedVolume  # noqa: E402
-from trainer.commands import init_ray, packaged_config  # noqa: E402
+from trainer.commands import packaged_config  # noqa: E402
+from trainer.ray_start import init_ray  # noqa: E402
 from cache_service.sdk.stream import CropBatchStream  # noqa: E402
 from cache_service.sdk.device import DeviceCutter, DeviceVolumes  # noqa: E402
 from trainer.model import AmpPolicy, build_loss, build_model, build_optimizer  # noqa: E402
