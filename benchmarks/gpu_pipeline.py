@@ -36,11 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmar
 from datapath import build_monai_dataset, drain  # noqa: E402
 
 from common.catalog import fingerprint, load_catalog  # noqa: E402
-from common.config import ExperimentConfig, load_config, replace_section  # noqa: E402
+from common.config import ExperimentConfig, load_config  # noqa: E402
 from common.demo_data import make_demo_data  # noqa: E402
 from common.preprocess import Preprocessor, build_preprocessor  # noqa: E402
 from common.volume import PreparedVolume  # noqa: E402
-from trainer.commands import init_ray, packaged_config  # noqa: E402
+from trainer.commands import packaged_config  # noqa: E402
+from trainer.ray_start import init_ray  # noqa: E402
 from cache_service.sdk.stream import CropBatchStream  # noqa: E402
 from cache_service.sdk.device import DeviceCutter, DeviceVolumes  # noqa: E402
 from trainer.model import AmpPolicy, build_loss, build_model, build_optimizer  # noqa: E402
@@ -209,9 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = demo_config(device, data, patch, args.overrides)
     plan = plan_run(str(data), [f"cache.stats_dir={cfg.cache.stats_path()}"])
     prep, volumes, val = prepare(cfg, data)
-    plain = replace_section(cfg, "augmentation", flip_prob=0.0, shift_prob=0.0)
+    plain = cfg.replace(augmentation=cfg.augmentation.replace(flip_prob=0.0, shift_prob=0.0))
     crops = crop_rows(plain, prep, volumes, device, seconds, data)
-    runs = {amp: train_to_target(replace_section(cfg, "training", amp=amp == "on"), volumes, val, device, limit)
+    runs = {amp: train_to_target(cfg.replace(training=cfg.training.replace(amp=amp == "on")), volumes, val, device,
+                                 limit)
             for amp in ("on", "off")}
     text = render(plan.table(), crops, runs, device, cfg, time.perf_counter() - start, args.quick)
     shutil.rmtree(work, ignore_errors=True)  # the phantoms made here (a --data folder is the user's)

@@ -23,6 +23,7 @@ from cache_service.api.errors import ApiError
 from cache_service.api.settings import DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_PORT, TOKEN_ENV, URL_ENV, ApiSettings
 from common.catalog import fingerprint, load_catalog
 from common.config import load_config
+from common.errors import CacheUnavailableError
 
 HTTP_TIMEOUT_S = 10.0
 
@@ -182,8 +183,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 # ---- stop ----------------------------------------------------------------------------------
 def _attached(namespace: str) -> list[str]:
     """``cache <fingerprint>: <experiment id>`` for every experiment attached to a cache of ``namespace``."""
-    from cache_service.api.ray_source import RaySource
-    from common.errors import CacheUnavailableError
+    from cache_service.api.ray_source import RaySource  # Ray: see _connect_ray
 
     try:
         caches = RaySource(namespace).caches()

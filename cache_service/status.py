@@ -17,8 +17,6 @@ class SamplerReport(BaseModel):
     time: float
 
 
-FAULT_KINDS = ("cache", "trainer", "validator")
-
 # what a sweep trial adds to the info it registers with (cache_service.sdk.tune); the API's /sweeps groups by it
 SWEEP_KEY, TRIAL_KEY, TRIAL_ID_KEY = "sweep", "trial", "trial_id"
 

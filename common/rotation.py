@@ -29,13 +29,6 @@ def replace_count(cache_num: int, replace_rate: float, num_items: int) -> int:
     return min(num_items - cache_num, max(1, math.ceil(cache_num * replace_rate)))
 
 
-def cycle_length(num_items: int, cache_num: int, replace_num: int) -> int:
-    """Rotations after which every item outside the initial pool has entered once (0: no rotation)."""
-    if replace_num <= 0 or cache_num >= num_items:
-        return 0
-    return math.ceil((num_items - cache_num) / replace_num)
-
-
 @dataclass(frozen=True)
 class Rotation:
     """One pool change: ids that left (oldest first) and ids that entered (queue order)."""
@@ -122,20 +115,3 @@ class RotationPlan:
     def set_capacity(self, capacity: int) -> None:
         """Lower (or raise) the pool size, e.g. when the byte budget cannot hold ``cache_num`` items."""
         self.capacity = max(0, capacity)
-
-
-def simulate(item_ids: Sequence[str], cache_num: int, replace_rate: float, seed: int,
-             generations: int) -> list[tuple[tuple[str, ...], Rotation | None]]:
-    """Pool at generation 0..``generations`` when every replacement is ready in time.
-
-    Returns ``[(pool_0, None), (pool_1, rotation_1), ...]``: the answer to "which items are
-    in the pool at generation g and which left and entered to get there".
-    """
-    plan = RotationPlan(item_ids, cache_num, replace_rate, np.random.default_rng(seed))
-    everything = set(item_ids)
-    plan.fill(everything)
-    out: list[tuple[tuple[str, ...], Rotation | None]] = [(plan.pool, None)]
-    for _ in range(generations):
-        rot = plan.rotate(everything)
-        out.append((plan.pool, rot))
-    return out

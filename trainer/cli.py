@@ -14,7 +14,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _make_demo_data(args: argparse.Namespace) -> int:
-    from common.demo_data import make_demo_data
+    from common.demo_data import make_demo_data  # nibabel and the phantom maker: only for this command
 
     out = make_demo_data(args.dir, cases=args.cases, size=args.size, seed=args.seed, profile=args.profile,
                          progress=True)

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import os
 from importlib import resources
 from pathlib import Path
 
 from common.config import ExperimentConfig, load_config
+from common.errors import SmartCacheError
+from trainer import plan_command
+from trainer.ray_start import init_ray
 
 DEMO_CONFIG = "demo_cpu.yaml"
-
-
-def init_ray(address: str | None, num_cpus: int | None) -> None:
-    """Join the cluster at ``address``, or start a new embedded local Ray sized to this machine (never another
-    user's cluster that happens to run here); Ray Train v2 in either case."""
-    from cache_service.cluster import join_or_start  # Ray: only for the commands that run on it
-
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    join_or_start(address, num_cpus=num_cpus or os.cpu_count(), log_to_driver=False)
 
 
 def packaged_config(name: str) -> Path:
@@ -26,7 +19,7 @@ def packaged_config(name: str) -> Path:
 
 
 def _train(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
-    from trainer.launcher import LaunchOptions, run_experiment
+    from trainer.launcher import LaunchOptions, run_experiment  # Ray Train, torch, MONAI: only when training
 
     init_ray(args.address, getattr(args, "num_cpus", None))
     report = run_experiment(cfg, LaunchOptions(out_dir=Path(args.out), resume=getattr(args, "resume", False)))
@@ -37,19 +30,17 @@ def _train(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     config = args.config
     if config is None:  # no config: plan one for this dataset and cluster, print it, train with it
-        from trainer.plan_command import PLAN_FILE, plan_run, write_plan
-
         init_ray(args.address, getattr(args, "num_cpus", None))
-        plan = plan_run(args.data, args.overrides)
+        plan = plan_command.plan_run(args.data, args.overrides)
         print(plan.table())
-        config = write_plan(plan, Path(args.out) / PLAN_FILE)
+        config = plan_command.write_plan(plan, Path(args.out) / plan_command.PLAN_FILE)
         print(f"\nno --config: training with the plan above ({config}); --set overrides any value\n")
     cfg = load_config(config, [f"data.dataset_dir={args.data}", *args.overrides])
     return _train(args, cfg)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from common.demo_data import make_demo_data
+    from common.demo_data import make_demo_data  # nibabel and the phantom maker: only for the demo
 
     data = Path(args.out) / "data"
     if not (data / "dataset.json").is_file():
@@ -63,15 +54,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return _train(args, cfg)
     finally:
         if url is not None:
-            from cache_service.api.server import stop_api
+            from cache_service.api.server import stop_api  # Ray and FastAPI: only with a dashboard
 
             stop_api(cfg.cache.namespace)
 
 
 def _start_dashboard(port: int, namespace: str) -> str | None:
     """The status API on loopback for the demo; a busy port only costs the dashboard, not the run."""
-    from cache_service.api.server import start_api
-    from common.errors import SmartCacheError
+    from cache_service.api.server import start_api  # Ray and FastAPI: only the demo serves a dashboard
 
     try:
         url = start_api("127.0.0.1", port, None, namespace)
@@ -83,7 +73,7 @@ def _start_dashboard(port: int, namespace: str) -> str | None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from trainer.predict import Predictor, collect_inputs
+    from trainer.predict import Predictor, collect_inputs  # torch and MONAI: only when predicting
 
     predictor = Predictor(args.checkpoint, device=args.device)
     for path in predictor.predict_files(collect_inputs(args.input), Path(args.out)):

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import nibabel as nib
 import ray
 import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from tqdm.auto import tqdm
 
 from cache_service.sdk import Experiment, SmartCache
 from common.catalog import Catalog, fingerprint, load_catalog
@@ -30,8 +32,7 @@ from common.preprocess import build_preprocessor
 from trainer.checkpoints import newest_loadable
 from trainer.failures import TrainingFailedError, WorkerFailureNote
 from trainer.predict import MODEL_FILE, save_model_file
-from trainer.report import (RunReport, count_restarts, format_summary, plot_case, plot_curves, write_jsonl,
-                            write_tensorboard)
+from trainer.report import RunReport, format_summary, summarise, write_outputs
 from trainer.validation_relay import ValidationRelay
 from trainer.validation_service import ValidationService
 from trainer.worker import WorkerInput, train_loop_per_worker
@@ -51,8 +52,7 @@ class LaunchOptions:
 
 
 def in_channels_of(catalog: Catalog) -> int:
-    import nibabel as nib
-
+    """The network's input channels, read from the first training image's header (4-D: the last axis)."""
     shape = nib.load(catalog.train[0].image).shape
     return 1 if len(shape) == 3 else int(shape[-1])
 
@@ -108,30 +108,6 @@ def _trainer(inp: WorkerInput, name: str) -> TorchTrainer:
     )
 
 
-def _summarise(cfg: ExperimentConfig, catalog: Catalog, experiment_id: str, rows: list[dict[str, Any]],
-               val_rows: list[dict[str, Any]], wall: float, fill_s: float, resumed: int | None,
-               faults: list[dict[str, Any]]) -> RunReport:
-    best = max(val_rows, key=lambda r: r["mean_dice"], default=None)
-    hit = next((r for r in val_rows if r["mean_dice"] >= cfg.training.target_dice), None)
-    rank0 = [r for r in rows if r.get("rank", 0) == 0]
-    step_s = sum(r["step_seconds"] for r in rows)
-    wait_s = sum(r["wait_seconds"] for r in rows)
-    names = catalog.labels[1:]
-    return RunReport(
-        experiment_id=experiment_id,
-        best_mean_dice=float(best["mean_dice"]) if best else 0.0,
-        best_epoch=int(best["epoch"]) if best else None,
-        dice_per_class={n: float(d) for n, d in zip(names, best["dice_per_class"])} if best else {},
-        target_dice=cfg.training.target_dice, reached_target=hit is not None,
-        time_to_target_s=float(hit["time_s"]) if hit else None,
-        epochs=len(rank0), wall_seconds=wall, cache_fill_seconds=fill_s,
-        train_seconds=sum(r["step_seconds"] + r["wait_seconds"] for r in rank0),
-        data_wait_fraction=wait_s / (wait_s + step_s) if wait_s + step_s > 0 else 0.0,
-        validation_seconds=sum(r["seconds"] for r in val_rows),
-        ratio_history=[float(r["ratio"]) for r in val_rows], resumed_from_epoch=resumed,
-        faults=faults, restarts=count_restarts(faults), config=cfg.to_dict())
-
-
 def _faults_of(cache: Any, experiment_id: str, run_faults: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The run's own fault log plus the cache restarts its registry counted for this experiment, by time."""
     if cache is None:  # no cache (the baseline): only the run's own faults
@@ -143,20 +119,6 @@ def _faults_of(cache: Any, experiment_id: str, run_faults: list[dict[str, Any]])
     except CacheUnavailableError:
         cache_faults = []
     return sorted(run_faults + cache_faults, key=lambda f: f["time"])
-
-
-def _write_outputs(out: Path, report: RunReport, rows: list[dict[str, Any]], val_rows: list[dict[str, Any]],
-                   example: Any) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(report.to_json())
-    write_jsonl(out / "metrics.jsonl", [{"kind": "train", **r} for r in rows] +
-                [{"kind": "validation", **r} for r in val_rows])
-    rank0 = [r for r in rows if r.get("rank", 0) == 0]
-    write_tensorboard(out, rank0, val_rows)
-    plot_curves(out / "curves.png", rank0, val_rows, report.target_dice, class_names=list(report.dice_per_class))
-    if example is not None:
-        item_id, image, label, pred = example
-        plot_case(out / "validation_case.png", image, label, pred, f"validation case {item_id}")
 
 
 def _require_usable(status: Any, catalog: Catalog) -> None:
@@ -251,8 +213,8 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
     resumed = None
     if resume_from is not None and rows:
         resumed = min(r["epoch"] for r in rows)
-    report = _summarise(cfg, catalog, experiment_id, rows, val_rows, time.time() - t_start, fill_s, resumed, faults)
-    _write_outputs(opts.out_dir, report, rows, val_rows, example)
+    report = summarise(cfg, catalog, experiment_id, rows, val_rows, time.time() - t_start, fill_s, resumed, faults)
+    write_outputs(opts.out_dir, report, rows, val_rows, example)
     if best_weights is not None:
         save_model_file(opts.out_dir / MODEL_FILE, best_weights, cfg, catalog.num_classes, in_channels,
                         catalog.labels, prep.norm, prep.stats)
@@ -268,8 +230,6 @@ def _fit_with_progress(trainer: TorchTrainer, validator: Any, cfg: ExperimentCon
     ``on_validation`` sees every validation row once, in order, from this (the caller's) thread:
     a Tune trial reports from here, and Tune ends a stopped trial by raising in that call.
     """
-    from tqdm.auto import tqdm
-
     box: dict[str, Any] = {}
 
     def fit() -> None:
@@ -300,7 +260,6 @@ def _fit_with_progress(trainer: TorchTrainer, validator: Any, cfg: ExperimentCon
         raise box["error"]
     relay.poll()  # validations that finished between the last poll and the end of training
     return box["result"]
-
 
 
 def _raise_if_failed(result: Any) -> None:

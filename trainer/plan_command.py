@@ -14,7 +14,7 @@ from common.catalog import load_catalog
 from common.config import load_config
 from common.planning.machine import Machine, described_machine
 from common.planning.plan import Plan, make_plan
-from trainer.commands import init_ray
+from trainer.ray_start import init_ray
 
 PLAN_FILE = "plan.yaml"
 

@@ -14,6 +14,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from matplotlib.figure import Figure  # the object API: no pyplot state, no global backend switch
+from torch.utils.tensorboard import SummaryWriter
+
+from common.catalog import Catalog
+from common.config import ExperimentConfig
 
 
 @dataclass
@@ -66,8 +71,6 @@ def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 def write_tensorboard(out: Path, train_rows: Sequence[dict[str, Any]], val_rows: Sequence[dict[str, Any]]) -> None:
     """Scalars per epoch for TensorBoard (``tensorboard --logdir OUT/tensorboard``)."""
-    from torch.utils.tensorboard import SummaryWriter
-
     with SummaryWriter(str(out / "tensorboard")) as writer:
         for row in train_rows:
             for key in ("loss", "wait_fraction", "positive_fraction", "ratio"):
@@ -86,12 +89,8 @@ def plot_curves(path: Path, train_rows: Sequence[dict[str, Any]], val_rows: Sequ
 
     Classes are labelled with the dataset's names (``dataset.json`` labels) where given.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig = Figure(figsize=(13, 3.6))
+    axes = fig.subplots(1, 3)
     if val_rows:
         t = [r["time_s"] for r in val_rows]
         axes[0].plot(t, [r["mean_dice"] for r in val_rows], "o-", label="mean foreground")
@@ -108,22 +107,17 @@ def plot_curves(path: Path, train_rows: Sequence[dict[str, Any]], val_rows: Sequ
     axes[2].set(title="pos:neg ratio published", xlabel="seconds", yscale="log")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return [text.get_text() for text in legend.get_texts()]
 
 
 def plot_case(path: Path, image: np.ndarray, label: np.ndarray, pred: np.ndarray, title: str) -> None:
     """Middle axial, coronal and sagittal slices with label (green) and prediction (red) contours."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     img = np.asarray(image[0])
     lab, prd = np.asarray(label).reshape(img.shape), np.asarray(pred).reshape(img.shape)
     cx, cy, cz = (s // 2 for s in img.shape)
     views = [("axial", np.s_[:, :, cz]), ("coronal", np.s_[:, cy, :]), ("sagittal", np.s_[cx, :, :])]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
+    fig = Figure(figsize=(12, 4.2))
+    axes = fig.subplots(1, 3)
     for ax, (name, sl) in zip(axes, views):
         ax.imshow(img[sl].T, cmap="gray", origin="lower")
         for values, colour in ((lab[sl], "lime"), (prd[sl], "red")):
@@ -134,7 +128,6 @@ def plot_case(path: Path, image: np.ndarray, label: np.ndarray, pred: np.ndarray
     fig.suptitle(f"{title}   (green: label, red: prediction)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def format_summary(report: RunReport) -> str:
@@ -153,3 +146,43 @@ def format_summary(report: RunReport) -> str:
         *fault_lines(report.faults),
     ]
     return "\n".join(lines)
+
+
+def summarise(cfg: ExperimentConfig, catalog: Catalog, experiment_id: str, rows: list[dict[str, Any]],
+              val_rows: list[dict[str, Any]], wall: float, fill_s: float, resumed: int | None,
+              faults: list[dict[str, Any]]) -> RunReport:
+    """The run's report from what the workers (``rows``, every rank) and the validation actor recorded."""
+    best = max(val_rows, key=lambda r: r["mean_dice"], default=None)
+    hit = next((r for r in val_rows if r["mean_dice"] >= cfg.training.target_dice), None)
+    rank0 = [r for r in rows if r.get("rank", 0) == 0]
+    step_s = sum(r["step_seconds"] for r in rows)
+    wait_s = sum(r["wait_seconds"] for r in rows)
+    names = catalog.labels[1:]
+    return RunReport(
+        experiment_id=experiment_id,
+        best_mean_dice=float(best["mean_dice"]) if best else 0.0,
+        best_epoch=int(best["epoch"]) if best else None,
+        dice_per_class={n: float(d) for n, d in zip(names, best["dice_per_class"])} if best else {},
+        target_dice=cfg.training.target_dice, reached_target=hit is not None,
+        time_to_target_s=float(hit["time_s"]) if hit else None,
+        epochs=len(rank0), wall_seconds=wall, cache_fill_seconds=fill_s,
+        train_seconds=sum(r["step_seconds"] + r["wait_seconds"] for r in rank0),
+        data_wait_fraction=wait_s / (wait_s + step_s) if wait_s + step_s > 0 else 0.0,
+        validation_seconds=sum(r["seconds"] for r in val_rows),
+        ratio_history=[float(r["ratio"]) for r in val_rows], resumed_from_epoch=resumed,
+        faults=faults, restarts=count_restarts(faults), config=cfg.to_dict())
+
+
+def write_outputs(out: Path, report: RunReport, rows: list[dict[str, Any]], val_rows: list[dict[str, Any]],
+                  example: Any) -> None:
+    """Every file a run leaves in ``out`` (report.json, metrics.jsonl, TensorBoard, curves, one case)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(report.to_json())
+    write_jsonl(out / "metrics.jsonl", [{"kind": "train", **r} for r in rows] +
+                [{"kind": "validation", **r} for r in val_rows])
+    rank0 = [r for r in rows if r.get("rank", 0) == 0]
+    write_tensorboard(out, rank0, val_rows)
+    plot_curves(out / "curves.png", rank0, val_rows, report.target_dice, class_names=list(report.dice_per_class))
+    if example is not None:
+        item_id, image, label, pred = example
+        plot_case(out / "validation_case.png", image, label, pred, f"validation case {item_id}")

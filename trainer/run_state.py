@@ -49,10 +49,6 @@ class RunState:
                 state.best = (float(saved["best_dice"]), torch.load(best, map_location="cpu", weights_only=True))
         return state
 
-    @property
-    def restored(self) -> bool:
-        return bool(self.val_rows or self.train_rows)
-
     def history(self) -> list[dict[str, Any]]:
         return [self.val_rows[e] for e in sorted(self.val_rows)]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -69,6 +69,18 @@ class EpochStats:
     def wait_fraction(self) -> float:
         total = self.step_seconds + self.wait_seconds
         return self.wait_seconds / total if total > 0 else 0.0
+
+    def metrics_row(self, time_s: float, rank: int, param_checksum: float) -> dict[str, Any]:
+        """The row a worker reports for this epoch (metrics.jsonl, TensorBoard, the run report).
+
+        Built here, beside the fields, so every reader (``trainer/report.py``) finds the keys it
+        plots, ``wait_fraction`` included, instead of guessing at a hand-built dict.
+        """
+        return {"epoch": self.epoch, "loss": self.loss, "steps": self.steps, "crops": self.crops,
+                "positive_fraction": self.positive_fraction, "ratio": self.ratio, "generation": self.generation,
+                "step_seconds": self.step_seconds, "wait_seconds": self.wait_seconds,
+                "wait_fraction": self.wait_fraction, "time_s": time_s, "rank": rank,
+                "param_checksum": param_checksum}
 
 
 def run_epoch(model: torch.nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], loss_fn: torch.nn.Module,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import uuid
 from pathlib import Path
+
 from common.config import load_config
-from trainer.commands import init_ray
+from trainer.ray_start import init_ray
 from trainer.search_space import draw_trials, load_space, searched_keys
 from trainer.sweep_plan import format_plan, make_plan
 

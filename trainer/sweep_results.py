@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
+from matplotlib.figure import Figure  # the object API: no pyplot state, no global backend switch
 
 from common.config import ExperimentConfig
 from trainer.sweep_plan import SweepPlan, format_value
@@ -66,12 +67,8 @@ def results_table(plan: SweepPlan, outcomes: Sequence[TrialOutcome], target: flo
 
 def plot_dice(path: Path, outcomes: Sequence[TrialOutcome], target: float) -> None:
     """Validation Dice against seconds since each trial started, one line per trial (x marks a stop)."""
-    import matplotlib  # only the driver that writes the report needs matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     for o in outcomes:
         if not o.history:
             continue
@@ -87,7 +84,6 @@ def plot_dice(path: Path, outcomes: Sequence[TrialOutcome], target: float) -> No
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _yaml_ready(value: Any) -> Any:

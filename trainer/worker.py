@@ -161,7 +161,47 @@ def _epoch_batches(inp: WorkerInput, validator: Any, epoch: int, rank: int, worl
     return batches, batches.ratio, batches.generation
 
 
+@dataclass
+class _Validations:
+    """Rank 0's validation bookkeeping across epochs: the one in flight and the epoch last sent."""
+
+    last_validated: int
+    pending: ray.ObjectRef | None = None
+
+
+def _rank0_epoch_end(inp: WorkerInput, validator: Any, vals: _Validations, epoch: int, model: torch.nn.Module,
+                     loss: float) -> bool:
+    """Rank 0's duties after an epoch: report it to the cache, hand the weights to the validation actor
+    (never queueing behind a running validation unless deterministic), and decide whether to stop."""
+    cfg, exp = inp.config, inp.experiment
+    if exp is not None:
+        exp.finish_epoch(epoch, {"loss": loss}, rank=0)
+    if vals.pending is not None and ray.wait([vals.pending], timeout=0)[0]:
+        ray.get(vals.pending)  # a validation that failed stops the run with its error
+        vals.pending = None
+    due = epoch - vals.last_validated >= cfg.validation.interval or epoch == cfg.training.epochs - 1
+    if due and (cfg.training.deterministic or vals.pending is None):
+        vals.last_validated = epoch
+        weights = ray.put({k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()})
+        vals.pending = validator.validate.remote(epoch, weights, time.time() - inp.t_start)
+        if cfg.training.deterministic:  # the ratio sequence must not depend on timing
+            ray.get(vals.pending)
+    best = ray.get(validator.best.remote())
+    limit = cfg.training.time_limit_s
+    return (best is not None and best >= cfg.training.target_dice) or (
+        limit is not None and time.time() - inp.t_start > limit)
+
+
+def _placement(cfg: ExperimentConfig, device: torch.device) -> tuple[DeviceVolumes | None, DeviceStager | None]:
+    """Crops cut on the training device (sampler.device: cuda) need no host-to-device copy; otherwise
+    batches go through pinned, reused buffers and a copy stream on CUDA (a pass-through on CPU)."""
+    if cfg.sampler.device == "cuda" and cfg.cache.enabled:
+        return DeviceVolumes(device, cfg.sampler.gpu_cache_bytes), None
+    return None, DeviceStager(device)
+
+
 def train_loop_per_worker(config: dict[str, WorkerInput]) -> None:
+    """One worker's run: build, restore, then per epoch train, let rank 0 validate and decide, checkpoint."""
     inp = config[INPUT_KEY]
     cfg = inp.config
     ctx = ray.train.get_context()
@@ -175,17 +215,12 @@ def train_loop_per_worker(config: dict[str, WorkerInput]) -> None:
     amp = AmpPolicy.for_device(device, cfg.training)
     scaler = amp.scaler()
     start_epoch = _restore(model, optimizer, scaler, inp.resume_from)
-    # crops cut on the training device (sampler.device: cuda) need no host-to-device copy; otherwise
-    # batches go through pinned, reused buffers and a copy stream on CUDA (a pass-through on CPU)
-    on_device = cfg.sampler.device == "cuda" and cfg.cache.enabled
-    device_volumes = DeviceVolumes(device, cfg.sampler.gpu_cache_bytes) if on_device else None
-    stager = None if on_device else DeviceStager(device)
+    device_volumes, stager = _placement(cfg, device)
 
-    exp, t_start = inp.experiment, inp.t_start
     validator = ray.get_actor(inp.validator_name, namespace=cfg.cache.namespace)
     if rank == 0:  # records a restart of the worker group (and its cost) if this is one
         ray.get(validator.trainer_started.remote(start_epoch, time.time()))
-    pending, last_validated = None, start_epoch - cfg.validation.interval
+    vals = _Validations(last_validated=start_epoch - cfg.validation.interval)
     for epoch in range(start_epoch, cfg.training.epochs):
         stream, ratio, generation = _epoch_batches(inp, validator, epoch, rank, world, device, device_volumes)
         with stream as batches:
@@ -193,37 +228,13 @@ def train_loop_per_worker(config: dict[str, WorkerInput]) -> None:
                               stager=stager)
             stats.wait_seconds = batches.wait_seconds
         _require_finite(stats.loss, epoch, cfg, device)
-
-        stop = False
-        if rank == 0:
-            if exp is not None:
-                exp.finish_epoch(epoch, {"loss": stats.loss}, rank=rank)
-            if pending is not None and ray.wait([pending], timeout=0)[0]:
-                ray.get(pending)  # a validation that failed stops the run with its error
-                pending = None
-            due = epoch - last_validated >= cfg.validation.interval or epoch == cfg.training.epochs - 1
-            if due and (cfg.training.deterministic or pending is None):  # never queue behind a validation
-                last_validated = epoch
-                weights = ray.put({k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()})
-                pending = validator.validate.remote(epoch, weights, time.time() - t_start)
-                if cfg.training.deterministic:  # the ratio sequence must not depend on timing
-                    ray.get(pending)
-            latest = ray.get(validator.best.remote())
-            stop = latest is not None and latest >= cfg.training.target_dice
-            limit = cfg.training.time_limit_s
-            stop = stop or (limit is not None and time.time() - t_start > limit)
-        stop = _agree(stop, device)
-        metrics = {"epoch": epoch, "loss": stats.loss, "steps": stats.steps, "crops": stats.crops,
-                   "positive_fraction": stats.positive_fraction, "ratio": stats.ratio,
-                   "generation": stats.generation, "step_seconds": stats.step_seconds,
-                   "wait_seconds": stats.wait_seconds, "time_s": time.time() - t_start, "rank": rank,
-                   "param_checksum": _checksum(model)}
+        stop = _agree(_rank0_epoch_end(inp, validator, vals, epoch, model, stats.loss) if rank == 0 else False,
+                      device)
+        metrics = stats.metrics_row(time.time() - inp.t_start, rank, _checksum(model))
         validator.record_train.remote(metrics)
-        last = stop or epoch == cfg.training.epochs - 1
-        if last or (epoch + 1) % cfg.training.checkpoint_every == 0:
-            # a collective: every rank takes this branch
-            _report(metrics, model, optimizer, scaler, rank, inp.storage_path)
+        if stop or epoch == cfg.training.epochs - 1 or (epoch + 1) % cfg.training.checkpoint_every == 0:
+            _report(metrics, model, optimizer, scaler, rank, inp.storage_path)  # a collective: every rank
         if stop:
             break
-    if pending is not None:
-        ray.get(pending)
+    if vals.pending is not None:
+        ray.get(vals.pending)

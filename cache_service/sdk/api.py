@@ -39,7 +39,6 @@ from common.chain import UserChain, split_user_chain
 from common.config import AugmentConfig, ExperimentConfig, SamplerConfig, config_from_dict
 from common.ids import check_experiment_id
 from common.preprocess import Preprocessor
-from common.scoring import ValidationResult
 from common.volume import PreparedVolume
 
 
@@ -166,10 +165,6 @@ class Experiment:
         preds, labels = (pred, label) if isinstance(pred, (list, tuple)) else ([pred], [label])
         numbers = protocol.validation_numbers(preds, labels, self.num_classes, self.settings.sampler, self.ratio,
                                               epoch=epoch)
-        return protocol.publish_ratio(self.cache, self.id, epoch, numbers)
-
-    def publish_validation(self, epoch: int, numbers: ValidationResult) -> SamplerReport:
-        """Publish numbers measured elsewhere (the project's validation actor measures its own)."""
         return protocol.publish_ratio(self.cache, self.id, epoch, numbers)
 
     @property

@@ -1,6 +1,6 @@
 """A description of the cluster a run will use: what the planner's limits are read from.
 
-The hardware probe (``trainer.hardware_probe``) fills it from Ray and torch; tests and
+The hardware probe (``trainer.plan_inputs.probe_machine``) fills it from Ray and torch; tests and
 ``smartcache plan --machine`` describe a machine instead, so the rules can be checked on a
 GPU node without having one.
 """

@@ -62,7 +62,8 @@ def test_run_state_keeps_history_rows_once_and_best_weights(tmp_path: Path):
     assert [r["epoch"] for r in back.train_history()] == [0, 1, 2] and back.train_history()[1]["loss"] == 0.85
     assert [r["epoch"] for r in back.history()] == [0, 1, 2] and back.faults == [{"kind": "validator", "time": 1.0}]
     assert back.best is not None and back.best[0] == 0.6 and torch.equal(back.best[1]["w"], w2["w"])
-    assert not RunState.load(tmp_path / "fresh").restored
+    fresh = RunState.load(tmp_path / "fresh")
+    assert not fresh.val_rows and not fresh.train_rows and fresh.best is None
 
 
 def test_disk_tier_evicts_least_recently_used_beyond_the_limit(tmp_path: Path):

@@ -3,13 +3,39 @@
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 import pytest
 
-from common.rotation import RotationPlan, cycle_length, replace_count, simulate
+from common.rotation import Rotation, RotationPlan, replace_count
 
 IDS = [f"c{i:02d}" for i in range(23)]
+
+
+# helpers only these tests need (the service rotates through RotationPlan itself)
+def cycle_length(num_items: int, cache_num: int, replace_num: int) -> int:
+    """Rotations after which every item outside the initial pool has entered once (0: no rotation)."""
+    if replace_num <= 0 or cache_num >= num_items:
+        return 0
+    return math.ceil((num_items - cache_num) / replace_num)
+
+
+def simulate(item_ids: Sequence[str], cache_num: int, replace_rate: float, seed: int,
+             generations: int) -> list[tuple[tuple[str, ...], Rotation | None]]:
+    """Pool at generation 0..``generations`` when every replacement is ready in time.
+
+    Returns ``[(pool_0, None), (pool_1, rotation_1), ...]``: the answer to "which items are
+    in the pool at generation g and which left and entered to get there".
+    """
+    plan = RotationPlan(item_ids, cache_num, replace_rate, np.random.default_rng(seed))
+    everything = set(item_ids)
+    plan.fill(everything)
+    out: list[tuple[tuple[str, ...], Rotation | None]] = [(plan.pool, None)]
+    for _ in range(generations):
+        rot = plan.rotate(everything)
+        out.append((plan.pool, rot))
+    return out
 
 
 @pytest.mark.parametrize("n,cache_num,rate", [(23, 10, 0.2), (23, 7, 0.5), (23, 20, 0.3), (10, 3, 1.0), (5, 4, 0.9)])
