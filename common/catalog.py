@@ -167,6 +167,11 @@ def file_identity(path: str) -> tuple[str, int, int]:
     return (path, st.st_size, st.st_mtime_ns)
 
 
+#: what a prepared volume holds; bump it when that changes (v2: background indices from a user's
+#: ``FgBgToIndicesd``), so disk-tier files written by an older version are never taken for current ones
+PREPARED_FORMAT = 2
+
+
 def fingerprint(catalog: Catalog, prep: PreprocessConfig, chain: str | None = None) -> str:
     """Hash of the preprocessing and every file's identity; names the shared cache.
 
@@ -174,6 +179,7 @@ def fingerprint(catalog: Catalog, prep: PreprocessConfig, chain: str | None = No
     (:func:`common.chain.chain_identity`); it then replaces the project's preprocessing config.
     """
     payload = {
+        "format": PREPARED_FORMAT,
         "preprocessing": prep.model_dump() if chain is None else {"user_chain": chain},
         "labels": list(catalog.labels),
         "modality": catalog.modality,
