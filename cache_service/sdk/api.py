@@ -10,11 +10,13 @@
 
 Every call to the cache goes through :mod:`cache_service.sdk.protocol`. An
 :class:`Experiment` pickles (fingerprint, namespace, id, settings), so it can be handed to
-Ray Train workers in ``train_loop_config``; only the object that opened it detaches it.
+Ray Train workers in ``train_loop_config``; only the process that opened it renews its lease
+(:mod:`cache_service.sdk.lease`) and detaches it.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
 import uuid
 from pathlib import Path
@@ -30,6 +32,7 @@ from cache_service.recovery import ResilientCache
 from cache_service.sdk import protocol
 from cache_service.sdk.batches import ConsumerSettings, CropBatches, CropDataset
 from cache_service.sdk.device import DeviceVolumes
+from cache_service.sdk.lease import RENEWALS_PER_LEASE, LeaseKeeper
 from cache_service.snapshot import Snapshot
 from cache_service.status import CacheStatus, ExperimentStatus, SamplerReport
 from common.catalog import Catalog, fingerprint, load_catalog
@@ -45,18 +48,26 @@ class Experiment:
     """One experiment attached to a cache: its id, its crop settings and the per-epoch calls."""
 
     def __init__(self, fingerprint: str, namespace: str, experiment_id: str, settings: ConsumerSettings,
-                 num_classes: int, info: dict[str, Any] | None = None, recover_timeout_s: float | None = None) -> None:
+                 num_classes: int, info: dict[str, Any] | None = None, recover_timeout_s: float | None = None,
+                 lease_s: float = 10.0) -> None:
         self.fingerprint, self.namespace, self.id = fingerprint, namespace, experiment_id
         self.recover_timeout_s = recover_timeout_s  # set: re-attach with backoff when the cache restarts
         self.settings, self.num_classes, self.info = settings, num_classes, dict(info or {})
+        self.lease_s = lease_s  # the cache's cache.lease_s: renewed RENEWALS_PER_LEASE times within it
         self._cache: CacheCalls | None = None
-        self._owner = False  # True in the object that registered (it alone unregisters)
+        self._owner_pid: int | None = None  # the process that registered (it alone renews and unregisters)
+        self._lease: LeaseKeeper | None = None
         self._val_refs: tuple[Any, ...] = ()
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(_cache=None, _owner=False, _val_refs=())  # a copy in a worker never detaches
+        state.update(_cache=None, _owner_pid=None, _lease=None, _val_refs=())  # a worker's copy never detaches
         return state
+
+    @property
+    def _owner(self) -> bool:
+        """This object opened the experiment, in this process (a forked child's copy is not the owner)."""
+        return self._owner_pid == os.getpid()
 
     @property
     def cache(self) -> CacheCalls:
@@ -76,15 +87,25 @@ class Experiment:
 
     # ---- attach / detach ----------------------------------------------------------------------
     def open(self) -> "Experiment":
-        """Register with the cache (the pool will not rotate away from this experiment unseen)."""
-        protocol.register(self.cache, self.id, self.info)
-        self._owner = True
+        """Register with the cache and hold a lease from this process (the pool will not rotate away
+        from this experiment unseen; if this process dies, the cache detaches it within ``lease_s``)."""
+        self._attach()
+        self._owner_pid = os.getpid()
+        self._lease = LeaseKeeper(self.id, lambda: protocol.heartbeat(self.cache, self.id), self._attach,
+                                  self.lease_s / RENEWALS_PER_LEASE).start()
         return self
 
+    def _attach(self) -> None:
+        protocol.register(self.cache, self.id, self.info)
+        protocol.heartbeat(self.cache, self.id)  # the lease starts now, not at the thread's first round
+
     def close(self) -> None:
-        """Unregister (only the object that opened it does; copies in workers do nothing)."""
+        """Stop renewing and unregister (only the process that opened it does; copies elsewhere do nothing)."""
         if self._owner:
-            self._owner = False
+            self._owner_pid = None
+            if self._lease is not None:
+                self._lease.stop()
+                self._lease = None
             protocol.unregister(self.cache, self.id)
 
     def __enter__(self) -> "Experiment":
@@ -255,7 +276,7 @@ class SmartCache:
         details = {"name": name, "initial_ratio": settings.sampler.initial_ratio,
                    "patch_size": list(settings.sampler.patch_size), **(info or {})}
         return Experiment(self.fingerprint, cfg.cache.namespace, experiment_id, settings, self.catalog.num_classes,
-                          details, recover_timeout_s=cfg.cache.recover_timeout_s)
+                          details, recover_timeout_s=cfg.cache.recover_timeout_s, lease_s=cfg.cache.lease_s)
 
     def stop(self) -> None:
         """Stop the cache actor for every experiment attached to it (frees the object store)."""
