@@ -71,8 +71,9 @@ class ExperimentRegistry:
     def expire(self, now: float, lease_s: float) -> list[DetachedExperiment]:
         """Detach every experiment whose lease ran out (:mod:`common.liveness`) and record why."""
         gone = []
-        for name in expired_leases({k: e.last_heartbeat for k, e in self._experiments.items()}, now, lease_s):
-            reason = lease_reason(self._experiments[name].last_heartbeat or now, now, lease_s)
+        leases = {k: e.last_heartbeat for k, e in self._experiments.items()}
+        for name, last in expired_leases(leases, now, lease_s).items():
+            reason = lease_reason(last, now, lease_s)
             gone.append(DetachedExperiment(experiment_id=name, reason=reason, time=now))
             self.unregister(name, now)
             log.warning("detached experiment %s: %s", name, reason)

@@ -19,13 +19,14 @@ from typing import Mapping
 __all__ = ["expired_leases", "lease_reason"]
 
 
-def expired_leases(last_renewed: Mapping[str, float | None], now: float, lease_s: float) -> list[str]:
-    """Experiments whose lease ran out: renewed at least once, and not within the last ``lease_s`` seconds.
+def expired_leases(last_renewed: Mapping[str, float | None], now: float, lease_s: float) -> dict[str, float]:
+    """Experiments whose lease ran out, each with its last renewal (in name order): renewed at least once,
+    and not within the last ``lease_s`` seconds.
 
     ``last_renewed`` maps each attached experiment to its last renewal (``None``: it never
     took a lease, so it is not judged here).
     """
-    return sorted(name for name, at in last_renewed.items() if at is not None and now - at > lease_s)
+    return {name: at for name, at in sorted(last_renewed.items()) if at is not None and now - at > lease_s}
 
 
 def lease_reason(last_renewed: float, now: float, lease_s: float) -> str:

@@ -60,7 +60,8 @@ class LeaseKeeper:
         """No renewal or re-attach after this returns (a renewal already in flight may still land)."""
         with self._lock:
             self._stopped.set()
-        self._thread.join(timeout=self.interval_s)
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.interval_s)
 
     @property
     def alive(self) -> bool:
