@@ -3,9 +3,10 @@
 ``SmartCacheService`` is a plain class; :mod:`cache_service.client` turns it into a named,
 detached, threaded Ray actor, and callers reach it through the typed
 :class:`cache_service.handle.CacheHandle` (one method per public method here). Public
-methods only read or update the :class:`CacheBook` under a lock and return at once, so a
-snapshot or a rotation never waits for preprocessing. A background thread submits preparation tasks, collects their results and
-frees the actor once no experiment has been attached for ``idle_timeout_s``.
+methods only read or update the :class:`CacheBook` under a lock and return at once, so a snapshot or
+a rotation never waits for preprocessing. A background thread submits preparation tasks, collects
+their results, detaches experiments whose owner stopped renewing its lease (``cache.lease_s``)
+and frees the actor once none has been attached for ``idle_timeout_s``.
 
 Faults: the actor is created with ``max_restarts``, so when its process dies Ray runs
 ``__init__`` again under the same name. Every prepared volume was returned by a task this
@@ -27,17 +28,18 @@ from typing import Any, Sequence
 
 import numpy as np
 import ray
-from ray.exceptions import RayError, RayTaskError
+from ray.exceptions import RayError
 
 from cache_service.pool import CacheBook, PrepMeta, budget_for_store
-from cache_service.registry import ExperimentRegistry, end_epoch, load_state, save_state
+from cache_service.cluster import smallest_object_store
+from cache_service.handle import task_error_text
+from cache_service.registry import ExperimentRegistry, end_epoch, restore_registry, rotate_if_due, save_state
 from cache_service.snapshot import Snapshot
 from cache_service.status import CacheStatus, FaultEvent, SamplerReport
 from cache_service.tasks import prepare_item
 from common.catalog import Catalog, Record
 from common.config import CacheConfig
-from common.errors import CacheUnavailableError, describe_error
-from common.fair_rotation import rotation_due
+from common.errors import CacheUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +62,6 @@ class ServiceSpec:
     preprocessor: bytes  # a pickled common.preprocess.Preprocessor: the actor never imports torch/MONAI
     seed: int = 0
     initial_ratio: float = 1.0
-
-
-def _error_text(err: BaseException) -> str:
-    cause = err.cause if isinstance(err, RayTaskError) and err.cause is not None else err
-    return describe_error(cause)
-
-
-def smallest_object_store() -> int | None:
-    """Object store bytes of the smallest live node: a reader on any node may need the whole pool there."""
-    sizes = [n["Resources"].get("object_store_memory", 0) for n in ray.nodes() if n.get("Alive")]
-    sizes = [int(s) for s in sizes if s]
-    return min(sizes) if sizes else None
 
 
 class SmartCacheService:
@@ -109,14 +99,8 @@ class SmartCacheService:
     # ---- what survives a restart -----------------------------------------------------------
     def _load_registry(self) -> ExperimentRegistry:
         """Back after a crash: the saved registry, one more restart, and a fault for every experiment."""
-        state = load_state(self._state_file)
-        registry = ExperimentRegistry.from_state(state, self.spec.initial_ratio) if state else \
-            ExperimentRegistry(self.spec.initial_ratio)
-        self.restarts = (state.restarts if state else 0) + 1
-        self.last_fault = FaultEvent(kind="cache", time=self._created,
-                                     cause=f"the cache actor's process died; Ray restarted it (restart "
-                                           f"{self.restarts}, pid {os.getpid()}) and it warms again")
-        registry.record_fault(None, self.last_fault)
+        registry, self.restarts, self.last_fault = restore_registry(self._state_file, self.spec.initial_ratio,
+                                                                    self._created)
         log.warning("cache %s restarted (%d); registry of %d experiment(s) restored from %s", self.spec.name,
                     self.restarts, len(registry), self._state_file)
         self._save(registry)
@@ -158,9 +142,9 @@ class SmartCacheService:
         try:
             meta: PrepMeta = ray.get(meta_ref)
         except RayError as err:
-            log.warning("quarantining %s: %s", item_id, _error_text(err))
+            log.warning("quarantining %s: %s", item_id, task_error_text(err))
             with self._lock:
-                self.book.fail(item_id, _error_text(err), val)
+                self.book.fail(item_id, task_error_text(err), val)
             return
         with self._lock:
             (self.book.accept_val if val else self.book.accept)(meta, vol_ref)
@@ -170,6 +154,7 @@ class SmartCacheService:
         while not self._stopping.is_set():
             try:
                 self._submit()
+                self._expire_leases()
                 refs = list(self._pending)
                 if refs:
                     done, _ = ray.wait(refs, num_returns=len(refs), timeout=POLL_S, fetch_local=False)
@@ -204,8 +189,10 @@ class SmartCacheService:
         with self._lock:
             return CacheStatus(fingerprint=self.spec.fingerprint, name=self.spec.name,
                                experiments=self.registry.statuses(), uptime_s=time.time() - self._created,
-                               idle_s=self._idle_for(), rotation_waits_for=self._waits_for(time.time()),
+                               idle_s=self._idle_for(), rotation_waits_for=self.registry.holding_back(
+                                   self.book.plan.generation, time.time(), self.cfg.experiment_timeout_s),
                                restarts=self.restarts, last_fault=self.last_fault,
+                               detached=list(self.registry.detached),
                                **self.book.status_fields())
 
     def record_fault(self, experiment_id: str, event: FaultEvent) -> None:
@@ -249,14 +236,29 @@ class SmartCacheService:
 
     def unregister(self, experiment_id: str) -> bool:
         with self._lock:
-            for key in [k for k in self._epoch_snapshots if k[0] == experiment_id]:
-                del self._epoch_snapshots[key]
-            gone = self.registry.unregister(experiment_id, time.time())
-            if gone and rotation_due(self.book.plan.generation, self.registry.attached(), time.time(),
-                                     self.cfg.experiment_timeout_s):  # it may have been the only one waited for
-                self.book.rotate()
-            self._save()
+            now = time.time()
+            gone = self.registry.unregister(experiment_id, now)
+            self._forget([experiment_id] if gone else [], now)
             return gone
+
+    def heartbeat(self, experiment_id: str) -> bool:
+        """Renew the lease of the experiment's owner (cheap: not persisted); False if unknown (register again)."""
+        with self._lock:
+            return self.registry.heartbeat(experiment_id, time.time())
+
+    def _expire_leases(self) -> None:
+        """Detach experiments whose owner stopped renewing (:mod:`common.liveness`): on a timer and before rotating."""
+        with self._lock:
+            now = time.time()
+            self._forget([d.experiment_id for d in self.registry.expire(now, self.cfg.lease_s)], now)
+
+    def _forget(self, experiment_ids: Sequence[str], now: float) -> None:
+        """After a detach (under the lock): drop their snapshots, rotate if they were the only ones waited for."""
+        for key in [k for k in self._epoch_snapshots if k[0] in experiment_ids]:
+            del self._epoch_snapshots[key]
+        if experiment_ids:
+            rotate_if_due(self.registry, self.book, now, self.cfg.experiment_timeout_s)
+            self._save()
 
     def report_progress(self, experiment_id: str, epoch: int, metrics: dict[str, float] | None = None) -> bool:
         """Record a finished epoch; rotate once every attached experiment is done with this generation.
@@ -267,6 +269,7 @@ class SmartCacheService:
         never waited for and never rotates items away from a slow one; it repeats the pool.
         Returns whether the pool rotated.
         """
+        self._expire_leases()  # a dead experiment's lease must not hold this decision back
         with self._lock:
             mine = [e for x, e in self._epoch_snapshots if x == experiment_id and e is not None and e <= epoch]
             snap = self._epoch_snapshots[(experiment_id, max(mine))] if mine else None  # its latest epoch's pool
@@ -275,9 +278,6 @@ class SmartCacheService:
                                 self.cfg.experiment_timeout_s)
             self._save()
             return rotated
-
-    def _waits_for(self, now: float) -> list[str]:
-        return self.registry.holding_back(self.book.plan.generation, now, self.cfg.experiment_timeout_s)
 
     def publish_sampler(self, experiment_id: str, ratio: float, r_fp: float, r_fn: float,
                         dice_per_class: Sequence[float], mean_dice: float, epoch: int) -> SamplerReport:

@@ -113,3 +113,10 @@ def join_error(target: str, err: BaseException) -> ClusterUnavailableError:
                f"token available ({TOKEN_PLACES})")
     return ClusterUnavailableError(target, f"a Ray cluster is running at {address} but refused this process "
                                            f"({said}); {fix}")
+
+
+def smallest_object_store() -> int | None:
+    """Object store bytes of the smallest live node: a reader on any node may need the whole pool there."""
+    sizes = [n["Resources"].get("object_store_memory", 0) for n in ray.nodes() if n.get("Alive")]
+    sizes = [int(s) for s in sizes if s]
+    return min(sizes) if sizes else None

@@ -20,7 +20,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from cache_service.snapshot import Snapshot
 from cache_service.status import CacheStatus, FaultEvent, SamplerReport
-from common.errors import CacheUnavailableError, SmartCacheError
+from common.errors import CacheUnavailableError, SmartCacheError, describe_error
 
 DEFAULT_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
@@ -43,6 +43,12 @@ def resolve(ref: ray.ObjectRef, *, name: str, what: str, timeout_s: float) -> An
         raise CacheUnavailableError(name, f"no answer to {what} within {timeout_s:.0f}s") from err
 
 
+def task_error_text(err: BaseException) -> str:
+    """What went wrong in a Ray task, told by its cause (the task's own exception), not by Ray's wrapper."""
+    cause = err.cause if isinstance(err, RayTaskError) and err.cause is not None else err
+    return describe_error(cause)
+
+
 class CacheCalls(Protocol):
     """What a consumer asks of the cache of one fingerprint (the actor's public methods, typed)."""
 
@@ -61,6 +67,8 @@ class CacheCalls(Protocol):
     def register(self, experiment_id: str, info: dict[str, Any] | None = None) -> None: ...
 
     def unregister(self, experiment_id: str) -> bool: ...
+
+    def heartbeat(self, experiment_id: str) -> bool: ...
 
     def report_progress(self, experiment_id: str, epoch: int, metrics: dict[str, float] | None = None) -> bool: ...
 
@@ -113,6 +121,10 @@ class CacheHandle:
     def unregister(self, experiment_id: str) -> bool:
         """Detach an experiment; False if it was not attached."""
         return bool(self._get(self.actor.unregister.remote(experiment_id), "unregister()"))
+
+    def heartbeat(self, experiment_id: str) -> bool:
+        """Renew the experiment's lease (its owner is alive); False if the cache does not know it."""
+        return bool(self._get(self.actor.heartbeat.remote(experiment_id), "heartbeat()"))
 
     def report_progress(self, experiment_id: str, epoch: int, metrics: dict[str, float] | None = None) -> bool:
         """An epoch is done; returns whether the pool rotated (once every experiment is done with it)."""

@@ -109,6 +109,9 @@ class ResilientCache:
     def unregister(self, experiment_id: str) -> bool:
         return self._retrying(lambda h: h.unregister(experiment_id))
 
+    def heartbeat(self, experiment_id: str) -> bool:
+        return self._retrying(lambda h: h.heartbeat(experiment_id))
+
     def report_progress(self, experiment_id: str, epoch: int, metrics: dict[str, float] | None = None) -> bool:
         return self._retrying(lambda h: h.report_progress(experiment_id, epoch, metrics))
 

@@ -9,15 +9,17 @@ so progress, ratios, sampler histories and fault counts outlive the cache's proc
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Sequence
 
 from pydantic import ValidationError
 
-from cache_service.status import ExperimentStatus, FaultEvent, RegistryState, SamplerReport
+from cache_service.status import DetachedExperiment, ExperimentStatus, FaultEvent, RegistryState, SamplerReport
 from common.atomic import atomic_write
 from common.errors import UnknownItemError
 from common.fair_rotation import Attached, CycleProgress, advance_cycle, holding_back, rotation_due
+from common.liveness import expired_leases, lease_reason
 
 if TYPE_CHECKING:
     from cache_service.pool import CacheBook
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
 __all__ = ["ExperimentRegistry", "load_state", "save_state"]
 
 log = logging.getLogger(__name__)
+
+KEEP_DETACHED = 100  # detach records kept for the status (oldest dropped first)
 
 
 class ExperimentRegistry:
@@ -34,6 +38,7 @@ class ExperimentRegistry:
         self.default_ratio = default_ratio
         self._experiments: dict[str, ExperimentStatus] = {}
         self.last_detach: float | None = None
+        self.detached: list[DetachedExperiment] = []
 
     def __len__(self) -> int:
         return len(self._experiments)
@@ -55,6 +60,31 @@ class ExperimentRegistry:
         if gone and not self._experiments:
             self.last_detach = now
         return gone
+
+    def heartbeat(self, experiment_id: str, now: float) -> bool:
+        """Renew the experiment's lease (the first renewal starts it); False if it is not attached."""
+        exp = self._experiments.get(experiment_id)
+        if exp is not None:
+            exp.last_heartbeat = now
+        return exp is not None
+
+    def expire(self, now: float, lease_s: float) -> list[DetachedExperiment]:
+        """Detach every experiment whose lease ran out (:mod:`common.liveness`) and record why."""
+        gone = []
+        leases = {k: e.last_heartbeat for k, e in self._experiments.items()}
+        for name, last in expired_leases(leases, now, lease_s).items():
+            reason = lease_reason(last, now, lease_s)
+            gone.append(DetachedExperiment(experiment_id=name, reason=reason, time=now))
+            self.unregister(name, now)
+            log.warning("detached experiment %s: %s", name, reason)
+        self.detached = (self.detached + gone)[-KEEP_DETACHED:]
+        return gone
+
+    def renew_all(self, now: float) -> None:
+        """Restart every lease's clock: after a cache restart the owners' silence was the cache's, not theirs."""
+        for exp in self._experiments.values():
+            if exp.last_heartbeat is not None:
+                exp.last_heartbeat = now
 
     def get(self, experiment_id: str) -> ExperimentStatus:
         try:
@@ -126,13 +156,14 @@ class ExperimentRegistry:
 
     def to_state(self, restarts: int, last_fault: FaultEvent | None) -> RegistryState:
         return RegistryState(experiments=self.statuses(), last_detach=self.last_detach, restarts=restarts,
-                             last_fault=last_fault)
+                             last_fault=last_fault, detached=[d.model_copy() for d in self.detached])
 
     @classmethod
     def from_state(cls, state: RegistryState, default_ratio: float) -> "ExperimentRegistry":
         reg = cls(default_ratio)
         reg._experiments = {e.experiment_id: e.model_copy(deep=True) for e in state.experiments}
         reg.last_detach = state.last_detach
+        reg.detached = [d.model_copy() for d in state.detached]
         return reg
 
 
@@ -152,6 +183,22 @@ def load_state(path: Path) -> RegistryState | None:
         return None
 
 
+def restore_registry(path: Path, default_ratio: float, now: float) -> tuple[ExperimentRegistry, int, FaultEvent]:
+    """After the cache's process died and Ray restarted it: the saved registry, the restart count and its fault.
+
+    The fault is counted for every experiment, and every lease starts again from ``now``:
+    while the cache was down its owners could not renew, which says nothing about them.
+    """
+    state = load_state(path)
+    registry = ExperimentRegistry.from_state(state, default_ratio) if state else ExperimentRegistry(default_ratio)
+    restarts = (state.restarts if state else 0) + 1
+    fault = FaultEvent(kind="cache", time=now, cause=f"the cache actor's process died; Ray restarted it (restart "
+                                                     f"{restarts}, pid {os.getpid()}) and it warms again")
+    registry.record_fault(None, fault)
+    registry.renew_all(now)
+    return registry, restarts, fault
+
+
 def end_epoch(registry: ExperimentRegistry, book: "CacheBook", experiment_id: str, epoch: int,
               metrics: dict[str, float] | None, trained_on: tuple[int, Sequence[str]] | None, now: float,
               stale_after_s: float) -> bool:
@@ -163,6 +210,14 @@ def end_epoch(registry: ExperimentRegistry, book: "CacheBook", experiment_id: st
     registry.report_progress(experiment_id, epoch, metrics, now)
     if trained_on is not None:
         registry.record_epoch(experiment_id, trained_on[0], trained_on[1], book.plan.pool + book.plan.waiting)
+    return rotate_if_due(registry, book, now, stale_after_s)
+
+
+def rotate_if_due(registry: ExperimentRegistry, book: "CacheBook", now: float, stale_after_s: float) -> bool:
+    """Rotate once no live attached experiment is still owed the current generation; returns whether it rotated.
+
+    Called after an epoch ends and after a detach (the one that left may have been the only one waited for).
+    """
     if not rotation_due(book.plan.generation, registry.attached(), now, stale_after_s):
         return False
     rot = book.rotate()

@@ -38,6 +38,7 @@ class ExperimentStatus(BaseModel):
     info: dict = Field(default_factory=dict)
     registered_at: float
     last_report_at: float | None = None
+    last_heartbeat: float | None = None  # the owner's last lease renewal (None: it holds no lease)
     epoch: int = -1
     progress: dict[str, float] = Field(default_factory=dict)
     ratio: float
@@ -51,6 +52,14 @@ class ExperimentStatus(BaseModel):
     restarts: dict[str, int] = Field(default_factory=dict)  # fault kind -> count, for this experiment
     last_fault: FaultEvent | None = None
     faults: list[FaultEvent] = Field(default_factory=list)  # every fault, oldest first
+
+
+class DetachedExperiment(BaseModel):
+    """An experiment the cache detached by itself (its owner stopped renewing its lease), and why."""
+
+    experiment_id: str
+    reason: str
+    time: float  # wall clock when it was detached
 
 
 class QuarantinedItem(BaseModel):
@@ -96,6 +105,7 @@ class CacheStatus(BaseModel):
     quarantined: list[QuarantinedItem] = Field(default_factory=list)
     experiments: list[ExperimentStatus] = Field(default_factory=list)
     rotation_waits_for: list[str] = Field(default_factory=list)  # experiments still owed the current generation
+    detached: list[DetachedExperiment] = Field(default_factory=list)  # detached by the cache, newest last
     uptime_s: float = 0.0
     idle_s: float = 0.0  # seconds with no experiment attached (0 while one is)
     restarts: int = 0  # times this cache actor came back after its process died
@@ -107,5 +117,6 @@ class RegistryState(BaseModel):
 
     experiments: list[ExperimentStatus] = Field(default_factory=list)
     last_detach: float | None = None
+    detached: list[DetachedExperiment] = Field(default_factory=list)
     restarts: int = 0
     last_fault: FaultEvent | None = None

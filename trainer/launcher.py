@@ -164,6 +164,17 @@ def _start_validator(cfg: ExperimentConfig, fp: str, experiment_id: str, num_cla
                                            str(state_dir), own_volumes)
 
 
+def _release(validator: Any, exp: Experiment | None) -> None:
+    """Every way out of a run: kill the validator, detach the experiment (an unreachable cache has no one to tell)."""
+    if validator is not None:
+        ray.kill(validator)
+    try:
+        if exp is not None:
+            exp.close()
+    except CacheUnavailableError:
+        pass
+
+
 def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
     """Run one experiment on the connected Ray cluster and write its report to ``opts.out_dir``."""
     t_start = time.time()
@@ -178,21 +189,23 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
     else:  # the baseline: no cache actor at all; trainers and validation load and preprocess themselves
         cache, exp, fill_s = None, None, 0.0
         fp, experiment_id = fingerprint(catalog, cfg.preprocessing), f"{cfg.name}-{uuid.uuid4().hex[:6]}"
-    # the cache's own chain (CT statistics are read back from the stats folder, not recomputed): without a
-    # cache, trainers and validation run it themselves, and model.pt records its normalisation for predict
-    prep = build_preprocessor(catalog, cfg.preprocessing, cfg.sampler.patch_size, cfg.cache.stats_path(), fp)
-    num_classes, in_channels = catalog.num_classes, in_channels_of(catalog)
-    own_volumes = None if cfg.cache.enabled else (list(catalog.val), prep)
-    state_dir = contained_folder(opts.out_dir / "state", experiment_id)  # inside --out whatever the id
-    validator = _start_validator(cfg, fp, experiment_id, num_classes, in_channels, t_start, state_dir, own_volumes)
-    resume_from = newest_loadable(opts.out_dir) if opts.resume else None
-    # the baseline (no cache): workers prepare every volume again every epoch
-    inp = WorkerInput(cfg, exp, f"validator-{experiment_id}", num_classes, in_channels, t_start,
-                      resume_from=resume_from.path if resume_from is not None else None,
-                      records=() if cfg.cache.enabled else tuple(catalog.train),
-                      preprocessor=None if cfg.cache.enabled else prep,
-                      storage_path=str((opts.out_dir / "ray_results").resolve()))
-    try:
+    validator = None
+    try:  # from here on the experiment is registered: every way out releases it (and the validator)
+        # the cache's own chain (CT statistics are read back from the stats folder, not recomputed): without a
+        # cache, trainers and validation run it themselves, and model.pt records its normalisation for predict
+        prep = build_preprocessor(catalog, cfg.preprocessing, cfg.sampler.patch_size, cfg.cache.stats_path(), fp)
+        num_classes, in_channels = catalog.num_classes, in_channels_of(catalog)
+        own_volumes = None if cfg.cache.enabled else (list(catalog.val), prep)
+        state_dir = contained_folder(opts.out_dir / "state", experiment_id)  # inside --out whatever the id
+        validator = _start_validator(cfg, fp, experiment_id, num_classes, in_channels, t_start, state_dir,
+                                     own_volumes)
+        resume_from = newest_loadable(opts.out_dir) if opts.resume else None
+        # the baseline (no cache): workers prepare every volume again every epoch
+        inp = WorkerInput(cfg, exp, f"validator-{experiment_id}", num_classes, in_channels, t_start,
+                          resume_from=resume_from.path if resume_from is not None else None,
+                          records=() if cfg.cache.enabled else tuple(catalog.train),
+                          preprocessor=None if cfg.cache.enabled else prep,
+                          storage_path=str((opts.out_dir / "ray_results").resolve()))
         result = _fit_with_progress(_trainer(inp, experiment_id), validator, cfg, opts.show_progress,
                                     opts.on_validation)
         _raise_if_failed(result)
@@ -204,12 +217,7 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
     except (ray.exceptions.RayError, ray.train.TrainingFailedError) as err:
         raise TrainingFailedError(f"training of {experiment_id} failed: {_short(err)}") from err
     finally:
-        ray.kill(validator)
-        try:
-            if exp is not None:
-                exp.close()
-        except CacheUnavailableError:
-            pass
+        _release(validator, exp)
     resumed = None
     if resume_from is not None and rows:
         resumed = min(r["epoch"] for r in rows)

@@ -147,6 +147,7 @@ function cacheCard(c, items) {
   card.append(poolChart(list));
   if (items && items.waiting_unlisted) card.append(el("div", {class: "muted"}, `+ ${items.waiting_unlisted} waiting items not yet handed out`));
   for (const q of c.quarantined) card.append(el("div", {class: "warn"}, `quarantined ${q.item_id}: ${q.error}`));
+  for (const d of c.detached || []) card.append(el("div", {class: "warn"}, `detached ${d.experiment_id}: ${d.reason}`));
   card.append(el("h3", {}, `Experiments (${c.experiments.length})`));
   const exps = el("div", {class: "exps"});
   c.experiments.forEach(e => exps.append(experimentCard(e)));

@@ -3,11 +3,13 @@
 Every consumer -- the project's own Ray Train workers, a user's plain PyTorch loop, a
 Lightning module -- follows the same sequence, and this module is the only place that
 speaks to the cache actor for an experiment (the typed classes in
-:mod:`cache_service.sdk.api` call these functions; nobody else names actor methods):
+:mod:`cache_service.sdk.api` and :mod:`cache_service.sdk.experiment` call these functions; nobody else names actor methods):
 
 1. ``attach``       find the cache actor for a fingerprint (any driver, any Ray job)
 2. ``register``     announce the experiment; from now on the pool does not rotate away
                     from it before it has trained on the current generation
+   ``heartbeat``    the opening process renews its lease every few seconds from a thread
+                    (:mod:`cache_service.sdk.lease`); when it dies the cache detaches it
 3. ``epoch_snapshot``  every DDP rank asks for (experiment, epoch) and gets the *same*
                     snapshot: the pool's refs for one generation plus this experiment's
                     current pos/neg ratio
@@ -53,6 +55,11 @@ def attach(fingerprint: str, namespace: str) -> CacheHandle:
 def register(cache: CacheCalls, experiment_id: str, info: dict[str, Any]) -> None:
     """Attach an experiment (idempotent: registering again keeps its history)."""
     cache.register(experiment_id, info)
+
+
+def heartbeat(cache: CacheCalls, experiment_id: str) -> bool:
+    """Renew the experiment's lease (its owner lives); False if the cache does not know it (register again)."""
+    return cache.heartbeat(experiment_id)
 
 
 # 3. snapshot ----------------------------------------------------------------------------------

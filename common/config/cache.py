@@ -49,7 +49,10 @@ class CacheConfig(Section):
     """false: trainers load and preprocess every volume every epoch (the baseline)."""
     experiment_timeout_s: Annotated[Float, rule(lambda v: v > 0, "seconds > 0 (longer than the slowest "
                                                                  "experiment's epoch)")] = 1800.0
-    """An attached experiment silent this long (crashed without detaching) no longer holds back the rotation."""
+    """Last resort: an attached experiment silent this long (a live one that reports nothing, or a client
+    without a lease) no longer holds back the rotation."""
+    lease_s: Annotated[Float, rule(lambda v: v > 0, "seconds > 0 (a few heartbeat intervals)")] = 10.0
+    """An experiment whose owning process renewed no lease for this long is detached (its owner is gone)."""
 
     def stats_path(self) -> Path:
         """Folder of the dataset-wide CT statistics (``stats_dir``, or ~/.cache/smartcache-seg)."""

@@ -72,6 +72,59 @@ def two_node(tmp: Path) -> dict[str, Any]:
     return result
 
 
+def _volume_nodes(fp: str, namespace: str) -> list[str]:
+    """The nodes holding the pool's volumes now (read through the run's own experiment id)."""
+    cache = attach(fp, namespace)
+    experiment_id = cache.status().experiments[0].experiment_id
+    refs = list(cache.snapshot(experiment_id).refs)
+    return [n for loc in ray.experimental.get_object_locations(refs).values() for n in loc["node_ids"]]
+
+
+def node_lost(tmp: Path) -> dict[str, Any]:
+    """Head (driver, cache, validator) + a node with every trainer; a second node joins, the first is removed
+    (its raylet and object store killed) mid-run: the run finishes every epoch, nothing quarantined."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1}, connect=False)
+    doomed = cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    data = make_demo_data(tmp / "data", cases=6, size=32)
+    cfg = tiny_config(data, tmp / "stats", epochs=8, checkpoint_every=1, worker_num_cpus=1.0, max_failures=3)
+    cfg = cfg.replace(cache=cfg.cache.replace(state_dir=str(tmp / "state"), recover_timeout_s=180.0))
+    out = tmp / "run"
+    proc = start_train(cfg, out, cluster.address, tmp / "train.log")
+    try:
+        wait_for(lambda: trained_epochs(out) >= 3, 300, "3 epochs", proc)
+        fp = fingerprint(load_catalog(cfg.data.dataset_dir, cfg.data), cfg.preprocessing)
+        trainer_nodes = [n for k, v in _actor_nodes().items() if "RayTrainWorker" in k for n in v]
+        volumes_there = sum(n == doomed.node_id for n in _volume_nodes(fp, cfg.cache.namespace))
+        cluster.add_node(num_cpus=2)
+        cluster.wait_for_nodes()
+        epochs_before = trained_epochs(out)
+        cluster.remove_node(doomed, allow_graceful=False)
+        rc = proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    report = json.loads((out / "report.json").read_text()) if rc == 0 else {}
+    status = attach(fp, cfg.cache.namespace).status() if rc == 0 else None
+    stop_caches(cfg.cache.namespace)
+    result = {"exit": rc, "epochs": report.get("epochs"), "epochs_before_loss": epochs_before,
+              "trainer_restarts": report.get("restarts", {}).get("trainer"),
+              "trainers_on_lost_node": sum(n == doomed.node_id for n in trainer_nodes),
+              "trainers": len(trainer_nodes), "volumes_on_lost_node": volumes_there,
+              "quarantined": len(status.quarantined) if status else None,
+              "pool": status.items_cached if status else None, "cache_num": status.cache_num if status else None}
+    result["ok"] = (rc == 0 and result["epochs"] == 8 and result["trainers_on_lost_node"] == result["trainers"] > 0
+                    and result["quarantined"] == 0 and result["pool"] == result["cache_num"])
+    if not result["ok"]:
+        result["log"] = (tmp / "train.log").read_text()[-3000:]
+    ray.shutdown()
+    cluster.shutdown()
+    return result
+
+
 def small_store(tmp: Path) -> dict[str, Any]:
     """An 80 MiB object store and a 1 GiB byte budget: the budget is lowered, every item is still served."""
     store = 80 * 2**20
@@ -109,6 +162,6 @@ def small_store(tmp: Path) -> dict[str, Any]:
 if __name__ == "__main__":
     name, folder = sys.argv[1], Path(sys.argv[2])
     folder.mkdir(parents=True, exist_ok=True)
-    outcome = {"two_node": two_node, "small_store": small_store}[name](folder)
+    outcome = {"two_node": two_node, "node_lost": node_lost, "small_store": small_store}[name](folder)
     print("RESULT " + json.dumps(outcome), flush=True)
     sys.exit(0 if outcome["ok"] else 1)

@@ -34,3 +34,11 @@ def test_cache_killed_while_trainers_run_on_another_node(tmp_path):
 def test_small_object_store_lowers_the_budget_and_loses_no_item(tmp_path):
     result = _scenario("small_store", tmp_path, 200)
     assert result["byte_budget"] <= 0.7 * result["store"] and result["served"] == result["train_items"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(960)
+def test_a_lost_worker_node_with_every_trainer_and_its_volumes(tmp_path):
+    result = _scenario("node_lost", tmp_path, 900)
+    assert result["epochs"] == 8 and result["quarantined"] == 0 and result["pool"] == result["cache_num"]
+    assert result["trainers_on_lost_node"] == result["trainers"] > 0

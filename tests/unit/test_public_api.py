@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import os
 import pickle
 import subprocess
 import sys
@@ -133,7 +134,8 @@ def test_trainer_goes_through_the_public_api() -> None:
 
 def test_an_experiment_pickles_for_ray_train_workers_without_detaching() -> None:
     exp = Experiment("fp", "ns", "e-1", ConsumerSettings(batch_size=3), num_classes=3, info={"lr": 1e-3})
-    exp._owner = True
+    exp._owner_pid = os.getpid()
+    assert exp._owner
     copy = pickle.loads(pickle.dumps(exp))
     assert copy.id == "e-1" and copy.settings.batch_size == 3 and copy.num_classes == 3
     copy.close()  # a worker's copy never unregisters (it would need the actor; it must not even try)
