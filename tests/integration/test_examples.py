@@ -89,8 +89,6 @@ def test_two_examples_attached_at_once_share_one_copy(ray_cluster, demo, tmp_pat
 @pytest.mark.timeout(600)
 def test_tune_sweep_example_shares_one_cache(ray_cluster, demo, tmp_path):
     """The user's own Tune trainable: three trials on one cache, each detached when it ends."""
-    import ray
-
     namespace = f"ex-{uuid.uuid4().hex[:6]}"
     try:
         done = subprocess.run(_example("tune_sweep", demo, *SMALL, "--address", ray_cluster, "--namespace", namespace),
@@ -99,6 +97,6 @@ def test_tune_sweep_example_shares_one_cache(ray_cluster, demo, tmp_path):
         assert done.stdout.count("lr ") >= 4 and "best lr" in done.stdout, done.stdout
         names = cache_actor_names(namespace)
         assert len(names) == 1
-        assert call(ray.get_actor(names[0], namespace=namespace), "status").experiments == []
+        assert lookup(names[0], namespace).status().experiments == []
     finally:
         stop_caches(namespace)
