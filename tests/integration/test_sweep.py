@@ -41,7 +41,6 @@ SPACE = "training.lr: grid([1e-2, 3e-3, 1e-6])\n"
 
 @pytest.mark.timeout(900)
 def test_sweep_on_one_cache_with_asha(ray_cluster: str, tmp_path: Path) -> None:
-
     data = make_demo_data(tmp_path / "data", cases=6, size=40, seed=1)
     namespace = f"sweep-{uuid.uuid4().hex[:6]}"
     (tmp_path / "base.yaml").write_text(BASE.replace("NAMESPACE", namespace).replace("STATS", str(tmp_path / "st")))
