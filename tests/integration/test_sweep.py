@@ -34,7 +34,8 @@ training: {batch_size: 2, optimizer: novograd, loss: dice_ce, amp: false, epochs
 validation: {roi_size: [32, 32, 32], interval: 2, num_cpus: 0.2}
 """
 # grid order is trial order: the two good trials run first (2 at once), so when the third, whose lr
-# cannot learn anything in 8 epochs, reaches ASHA's first rung there are results to compare it with.
+# cannot learn anything in 8 epochs, reaches ASHA's first rung there are results to compare it with
+# (and it is below both of them, so it is stopped whatever the timing).
 # The target Dice is out of reach, so no trial ends early by reaching it (training stops at the target).
 SPACE = "training.lr: grid([1e-2, 3e-3, 1e-6])\n"
 
@@ -64,10 +65,14 @@ def test_sweep_on_one_cache_with_asha(ray_cluster: str, tmp_path: Path) -> None:
         bad = rows[2]
         assert bad["values"] == {"training.lr": 1e-6}
         assert bad["state"] == "stopped" and bad["epochs"] < 8, rows  # ASHA stopped it before its last epoch
-        assert {r["state"] for r in rows[:2]} == {"done"}
-        report = json.loads((out / "trials" / "acc-t0" / "report.json").read_text())
+        # With reduction factor 2, the second good trial to reach a rung is stopped when it is below the
+        # first there, which depends on timing; at least one good trial is never stopped and runs to the end.
+        assert {r["state"] for r in rows} <= {"done", "stopped"}
+        finished = [r for r in rows[:2] if r["state"] == "done"]
+        assert finished, rows
+        report = json.loads((out / "trials" / f"acc-t{finished[0]['index']}" / "report.json").read_text())
         assert report["config"]["training"]["num_workers"] == 2  # two DDP workers inside the trial
-        assert report["epochs"] == 8  # the good trials ran to the end (the target is out of reach)
+        assert report["epochs"] == 8  # a finished trial ran to the end (the target is out of reach)
         table = (out / "results.md").read_text().splitlines()
         assert len(table) == 2 + 3 and "| yes | stopped |" in table[4]
         assert (out / "dice.png").stat().st_size > 1000
