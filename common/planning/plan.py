@@ -24,7 +24,7 @@ from common.planning.geometry_rules import (
     plan_patch_and_depth,
 )
 from common.planning.machine import Machine
-from common.planning.run_rules import plan_augmentation, plan_intensity, plan_resources, step_seconds
+from common.planning.run_rules import plan_augmentation, plan_intensity, plan_optimizer, plan_resources, step_seconds
 from common.planning.schedule_rules import plan_epochs, plan_pool, plan_validation, samples_per_volume
 
 
@@ -104,7 +104,7 @@ def make_plan(fp: DatasetFingerprint, machine: Machine) -> Plan:
     epoch_s = steps * step_seconds(patch, batch.value, res)
     choices = [spacing, *plan_intensity(fp), *plan_augmentation(fp, device), patch_choice, spv,
                *plan_network(depth, base, patch, machine), batch, *res.choices,
-               Choice("training.optimizer", "novograd", "the paper's optimiser at its default lr"),
+               plan_optimizer(fp.num_train),
                Choice("training.loss", "dice_ce", _loss_reason(fp)),
                Choice("training.amp", True, "fp16 + GradScaler on CUDA" if res.use_gpu else "bf16 only if asked"),
                *plan_epochs(steps, res),

@@ -151,3 +151,14 @@ def test_patch_never_exceeds_the_smallest_case() -> None:
     smallest = [round(n * s / t) for n, s, t in zip((45, 120, 21), (0.7, 0.7, 2.1), spacing)]
     assert all(p <= s for p, s in zip(patch, smallest))
     assert "smallest case" in next(c.reason for c in plan.choices if c.key == "sampler.patch_size")
+
+
+def test_the_optimiser_is_novograd_unless_the_training_set_is_a_handful_of_cases() -> None:
+    many = make_plan(isotropic_ct(12), CPU_NODE)
+    few = make_plan(dataset([case(i, (1.0, 1.0, 1.0), (180, 220, 180)) for i in range(2)], "MRI", num_train=1),
+                    CPU_NODE)
+    chosen = {p: {c.key: c for c in plan.choices}["training.optimizer"] for p, plan in (("many", many), ("few", few))}
+    assert chosen["many"].value == "novograd" and "11 training cases" in chosen["many"].reason
+    assert chosen["few"].value == "adam" and "only 1 training case" in chosen["few"].reason
+    # the lr is the optimiser's own default once the plan is a config
+    assert few.config().training.lr == pytest.approx(1e-3)
