@@ -162,3 +162,4 @@ def test_the_optimiser_is_novograd_unless_the_training_set_is_a_handful_of_cases
     assert chosen["few"].value == "adam" and "only 1 training case" in chosen["few"].reason
     # the lr is the optimiser's own default once the plan is a config
     assert few.config().training.lr == pytest.approx(1e-3)
+
