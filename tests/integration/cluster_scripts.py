@@ -115,12 +115,18 @@ def node_lost(tmp: Path) -> dict[str, Any]:
 
 
 def _lose_the_trainers_node(cluster: Any, tmp: Path) -> dict[str, Any]:
+    """Placement by resources, not by chance: the head's 1 CPU holds the cache actor (0.25) and the validator (0.2),
+    and neither a trainer (0.6) nor a preparation task (0.8) fits beside them, so every trainer and every volume
+    starts on the doomed node; a 2-CPU node holds both trainers (1.2) and one task (0.8) at a time. 40^3 phantoms:
+    every prepared volume is over Ray's 100 KiB inline limit (at 32^3 some are not, and those live in the owner's
+    own memory on the head, out of the node loss's reach)."""
     doomed = cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
-    data = make_demo_data(tmp / "data", cases=6, size=32)
-    cfg = tiny_config(data, tmp / "stats", epochs=8, checkpoint_every=1, worker_num_cpus=1.0, max_failures=3)
-    cfg = cfg.replace(cache=cfg.cache.replace(state_dir=str(tmp / "state"), recover_timeout_s=180.0))
+    data = make_demo_data(tmp / "data", cases=6, size=40)
+    cfg = tiny_config(data, tmp / "stats", epochs=8, checkpoint_every=1, worker_num_cpus=0.6, max_failures=3)
+    cfg = cfg.replace(cache=cfg.cache.replace(state_dir=str(tmp / "state"), recover_timeout_s=180.0,
+                                              task_num_cpus=0.8))
     out = tmp / "run"
     proc = start_train(cfg, out, cluster.address, tmp / "train.log")
     try:
@@ -152,6 +158,7 @@ def _lose_the_trainers_node(cluster: Any, tmp: Path) -> dict[str, Any]:
               "pool": status.items_cached if status else None, "cache_num": status.cache_num if status else None,
               **_recovery(report, removed_at, epochs_before)}
     result["ok"] = (rc == 0 and result["epochs"] == 8 and result["trainers_on_lost_node"] == result["trainers"] > 0
+                    and len(result["volumes_only_on_lost_node"]) == len(before) > 0
                     and result["trainer_restarts"] == 1 and result["quarantined"] == 0
                     and result["pool"] == result["cache_num"] and readable)
     if not result["ok"]:
