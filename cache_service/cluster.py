@@ -10,12 +10,19 @@ Token authentication (Ray 2.59 and later): ``ray start --head`` turns it on when
 exists (``~/.ray/auth_token``, which any earlier local ``ray.init`` writes), and a client
 must then run with ``RAY_AUTH_MODE=token`` to send it. Ray enables that by itself only for a
 bare ``address="auto"``; with an explicit address or ``RAY_ADDRESS`` the client retries
-with ``InvalidAuthToken`` for 20 s and then reports that no cluster is there. So when
-joining with ``RAY_AUTH_MODE`` unset, :func:`use_token_auth_if_available` turns token mode
-on if Ray finds a token (``RAY_AUTH_TOKEN``, the file ``RAY_AUTH_TOKEN_PATH``, or
-``~/.ray/auth_token``); a mode the user set is left alone. When joining fails, the error
-says whether something listens at the cluster's address (a cluster that refused this
-process, most often over the token) or nothing does (no cluster).
+with ``InvalidAuthToken`` for 20 s and then reports that no cluster is there. The reverse
+mismatch is worse because it is silent: a process in token mode joins a cluster without
+token auth (``ray.cluster_utils.Cluster``, ``RAY_AUTH_MODE=disabled ray start``) at once,
+but its own gRPC server then refuses the GCS's calls ("Missing authorization header"), the
+GCS takes it for dead and destroys every actor it owns (a run's validator, Ray Train's
+controller) as it is created. So with ``RAY_AUTH_MODE`` unset,
+:func:`use_token_auth_if_available` asks the cluster first (:func:`cluster_wants_token`:
+one call without a token to the GCS) and matches it: token mode when the cluster refuses
+the call and Ray finds a token (``RAY_AUTH_TOKEN``, the file ``RAY_AUTH_TOKEN_PATH``, or
+``~/.ray/auth_token``), ``RAY_AUTH_MODE=disabled`` when it answers; a mode the user set is
+left alone. When joining fails, the error says whether something listens at the cluster's
+address (a cluster that refused this process, most often over the token) or nothing does
+(no cluster).
 """
 
 from __future__ import annotations
@@ -24,11 +31,14 @@ import os
 import re
 import socket
 
+import grpc
 import ray
 
 # Ray's own switch (what ray.init does for address="auto"): it sets RAY_AUTH_MODE=token for this
 # process and its children and refreshes Ray's cached config, which reads the variable only once
 from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+from ray.core.generated.gcs_service_pb2 import CheckAliveRequest
+from ray.core.generated.gcs_service_pb2_grpc import NodeInfoGcsServiceStub
 from ray.exceptions import AuthenticationError
 
 from common.errors import ClusterUnavailableError
@@ -54,27 +64,47 @@ def join_or_start(address: str | None, *, num_cpus: int | None = None, log_to_dr
     if address in (None, "local"):
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver)
         return
-    use_token_auth_if_available()
     target = effective_address(address)
     hostport = _host_port(target)
     if hostport is not None and not listening(*hostport):  # fail now, not after Ray's long retries
         raise ClusterUnavailableError(target, f"nothing listens on {target}; {START_HINT}")
+    use_token_auth_if_available(hostport)
     try:
         ray.init(address=address, log_to_driver=log_to_driver)
     except (ConnectionError, RuntimeError, ValueError, AuthenticationError) as err:
         raise join_error(target, err) from err
 
 
-def use_token_auth_if_available() -> bool:
-    """Send Ray's token when joining: with ``RAY_AUTH_MODE`` unset, turn token mode on if a token is found.
+def use_token_auth_if_available(hostport: tuple[str, int] | None) -> bool:
+    """Send Ray's token when joining if, and only if, the cluster at ``hostport`` wants one.
 
     Returns whether token mode is on. An explicit ``RAY_AUTH_MODE`` (``token`` or
-    ``disabled``) is the user's choice and is kept.
+    ``disabled``) is the user's choice and is kept. With it unset, the cluster is asked
+    (:func:`cluster_wants_token`): a cluster that answers without a token gets
+    ``RAY_AUTH_MODE=disabled`` (so neither this process nor Ray's own ``address="auto"``
+    rule turns token mode on against it); one that refuses, or one that cannot be asked
+    (``"auto"`` without ``$RAY_ADDRESS``, a probe that failed), gets token mode if a
+    token is found.
     """
     mode = os.environ.get(AUTH_MODE_ENV)
     if mode is not None:
         return mode.lower() == "token"
+    wants = cluster_wants_token(*hostport) if hostport is not None else None
+    if wants is False:
+        os.environ[AUTH_MODE_ENV] = "disabled"  # this process and its children, as Ray's own switch does
+        return False
     return bool(maybe_enable_token_auth_if_token_available(warn_if_disabled=False))
+
+
+def cluster_wants_token(host: str, port: int, timeout_s: float = PROBE_TIMEOUT_S) -> bool | None:
+    """Whether the GCS at ``host:port`` uses token auth: True if it refuses a call without a token,
+    False if it answers one, None if it cannot be told (not a GCS, no answer in ``timeout_s``)."""
+    with grpc.insecure_channel(f"{host}:{port}") as channel:
+        try:
+            NodeInfoGcsServiceStub(channel).CheckAlive(CheckAliveRequest(), timeout=timeout_s)
+        except grpc.RpcError as err:
+            return True if err.code() == grpc.StatusCode.UNAUTHENTICATED else None
+    return False
 
 
 def effective_address(address: str) -> str:
