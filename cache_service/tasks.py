@@ -43,7 +43,8 @@ def prepare_item(preprocessor: "Preprocessor | bytes", record: Record, cache: Ca
         vol, note = tier.read(record.item_id)
         if vol is not None:
             log.debug("disk hit %s in %.3fs", record.item_id, time.perf_counter() - start)
-            return PrepMeta(record.item_id, vol.nbytes, vol.prep_seconds, True, None, tier.error), vol
+            return PrepMeta(record.item_id, vol.nbytes, vol.prep_seconds, True, None, tier.error,
+                            vol.spatial_shape), vol
     if isinstance(preprocessor, bytes):
         preprocessor = pickle.loads(preprocessor)
     vol = preprocessor(record)
@@ -57,4 +58,5 @@ def prepare_item(preprocessor: "Preprocessor | bytes", record: Record, cache: Ca
                 evict(disk_dir, int(cache.disk_budget), keep=frozenset({written}))
             except OSError as err:  # e.g. another user's files under a shared root
                 tier.note_error("evict old files under", Path(disk_dir), err)
-    return PrepMeta(record.item_id, vol.nbytes, vol.prep_seconds, False, note, tier.error if tier else None), vol
+    return PrepMeta(record.item_id, vol.nbytes, vol.prep_seconds, False, note, tier.error if tier else None,
+                    vol.spatial_shape), vol
