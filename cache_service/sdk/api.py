@@ -70,6 +70,11 @@ class SmartCache:
         A cache already running for the same dataset and prefix is joined as it is: a
         :class:`~cache_service.sdk.mismatch.CacheSettingsWarning` names each of your settings
         that it does not share (see :mod:`cache_service.sdk.mismatch` for the rule).
+
+        A patch known now (the chain's ``RandCropByPosNegLabeld`` ``spatial_size``, or
+        ``settings["sampler"]["patch_size"]``) is checked after the fill against every training
+        volume prepared so far: one smaller than the patch raises a
+        :class:`~common.errors.DataError` naming each such case and its shape after the chain.
         """
         raw = dict(settings or {})
         raw["data"] = {"dataset_dir": str(dataset), "val_fraction": val_fraction, **raw.get("data", {})}
@@ -149,6 +154,10 @@ class SmartCache:
         With a chain's crop, ``batch_size`` counts volumes as MONAI's loaders do: each gives
         ``num_samples`` crops, so ``batch_size=2`` with ``num_samples=4`` makes batches of 8 crops
         (the tutorials' step). Without one (the project's chain, a config file) it counts crops.
+
+        Raises :class:`~common.errors.DataError` when a training volume the cache has prepared is
+        smaller than the patch, naming every such case and the setting the patch came from
+        (``patch_size=``, the chain's ``spatial_size`` or ``sampler.patch_size``).
         """
         cfg = self.config
         sampler = sampler or cfg.sampler
