@@ -102,7 +102,10 @@ def main() -> int:
     rows = []
     for _ in range(args.runs):
         child = [sys.executable, __file__, args.data, "--child", "--settings", args.settings]
-        out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
+        done = subprocess.run(child, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"the measured process failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        out = done.stdout
         rows.append(json.loads(next(line for line in out.splitlines() if line.startswith("PHASES "))[7:]))
     print(f"load: {os.getloadavg()}  runs: {args.runs}  (median, min-max in s)")
     print("| phase | " + " | ".join(PHASES) + " |\n|---|" + "---|" * len(PHASES))

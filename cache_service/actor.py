@@ -31,7 +31,7 @@ import ray
 from ray.exceptions import RayError
 
 from cache_service.pool import CacheBook, PrepMeta, budget_for_store
-from cache_service.cluster import cluster_cpus, smallest_object_store
+from cache_service.cluster import smallest_object_store
 from cache_service.handle import task_error_text
 from cache_service.registry import ExperimentRegistry, end_epoch, restore_registry, rotate_if_due, save_state
 from cache_service.snapshot import Snapshot
@@ -74,7 +74,7 @@ class SmartCacheService:
         budget, budget_note = budget_for_store(int(self.cfg.byte_budget), smallest_object_store())
         self.book = CacheBook(train_ids, [r.item_id for r in spec.catalog.val], self.cfg.pool_size(len(train_ids)),
                               self.cfg.replace_rate, budget, self.cfg.replace_workers,
-                              np.random.default_rng(spec.seed), fill_workers=cluster_cpus())
+                              np.random.default_rng(spec.seed))
         if budget_note:  # a default budget fitted to the store is no news; one the user asked for is
             log.log(logging.WARNING if "byte_budget" in self.cfg.model_fields_set else logging.INFO, budget_note)
             self.book.store_message = budget_note

@@ -120,9 +120,3 @@ def smallest_object_store() -> int | None:
     sizes = [n["Resources"].get("object_store_memory", 0) for n in ray.nodes() if n.get("Alive")]
     sizes = [int(s) for s in sizes if s]
     return min(sizes) if sizes else None
-
-
-def cluster_cpus() -> int | None:
-    """CPUs of the whole cluster (None when Ray reports none): the cache's first fill runs at most this many tasks."""
-    cpus = int(ray.cluster_resources().get("CPU", 0))
-    return cpus or None

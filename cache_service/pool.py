@@ -65,12 +65,11 @@ class CacheBook:
     """Pool, replacements, validation volumes, budget and counters of one cache."""
 
     def __init__(self, train_ids: Sequence[str], val_ids: Sequence[str], cache_num: int, replace_rate: float,
-                 byte_budget: int, replace_workers: int, rng: np.random.Generator,
-                 fill_workers: int | None = None) -> None:
+                 byte_budget: int, replace_workers: int, rng: np.random.Generator) -> None:
         self.plan = RotationPlan(list(train_ids), cache_num, replace_rate, rng)
         self.cache_num = self.plan.capacity
         self.train_total, self.val_ids = len(train_ids), tuple(val_ids)
-        self.byte_budget, self.replace_workers, self.fill_workers = int(byte_budget), replace_workers, fill_workers
+        self.byte_budget, self.replace_workers = int(byte_budget), replace_workers
         self.entries: dict[str, Entry] = {}  # pool members and ready replacements
         self.val_entries: dict[str, Entry] = {}
         self.in_flight: set[str] = set()
@@ -90,18 +89,10 @@ class CacheBook:
 
     # ---- what to prepare -------------------------------------------------------------------
     def next_train_jobs(self) -> list[str]:
-        """Pool fill first, then the next R replacements, at most ``replace_workers`` beyond the fill.
-
-        Until the pool is warm at most ``fill_workers`` (the cluster's CPUs) run at once: each
-        task of the first fill lands in a fresh worker process that imports torch and MONAI
-        before it prepares anything, and with fractional ``task_num_cpus`` more processes than
-        cores only import side by side on the same cores (about 4x the fill time on 8 small volumes).
-        """
+        """Pool fill first, then the next R replacements, at most ``replace_workers`` beyond the fill."""
         skip = set(self.entries) | self.in_flight | self.blocked
         todo = [i for i in self.plan.wanted() if i not in skip]
         room = max(0, self.plan.deficit + self.replace_workers - len(self.in_flight))
-        if not self.warm and self.fill_workers is not None:
-            room = min(room, max(0, self.fill_workers - len(self.in_flight)))
         return todo[:room]
 
     def next_val_jobs(self) -> list[str]:

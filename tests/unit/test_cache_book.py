@@ -98,20 +98,3 @@ def test_registry_ratio_history_and_idle_clock() -> None:
     assert reg.unregister("a", now=30.0) and reg.last_detach is None or len(reg) == 1
     assert reg.unregister("b", now=31.0) and reg.last_detach == 31.0
     assert not reg.unregister("b", now=32.0)
-
-
-def test_the_first_fill_runs_at_most_fill_workers_tasks_then_replacements_as_before() -> None:
-    book = CacheBook(IDS, [], 6, 0.5, 10**9, replace_workers=2, rng=np.random.default_rng(0), fill_workers=2)
-    first = book.next_train_jobs()
-    assert len(first) == 2  # one per CPU, not the whole fill at once
-    for item in first:
-        book.started(item)
-    assert book.next_train_jobs() == []
-    book.accept(PrepMeta(first[0], 100, 1.0), f"ref-{first[0]}")
-    assert len(book.next_train_jobs()) == 1  # a finished task frees its slot
-    book.accept(PrepMeta(first[1], 100, 1.0), f"ref-{first[1]}")
-    _run(book, rounds=8)
-    assert book.warm and len(book.plan.pool) == 6
-    assert len(book.next_train_jobs()) == 0 and len(book.entries) == 6 + 2  # warm: R replacements ready, as before
-    unlimited = _book(cache_num=6)
-    assert len(unlimited.next_train_jobs()) == 6 + 2  # without a cap: the fill and replace_workers at once
