@@ -157,7 +157,7 @@ class SmartCacheService:
                 self._expire_leases()
                 refs = list(self._pending)
                 if refs:
-                    done, _ = ray.wait(refs, num_returns=len(refs), timeout=POLL_S, fetch_local=False)
+                    done, _ = ray.wait(refs, num_returns=1, timeout=POLL_S, fetch_local=False)  # at once, not at POLL_S
                     for ref in done:
                         self._collect(ref)
                 else:

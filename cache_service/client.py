@@ -104,8 +104,11 @@ def get_or_create_cache(catalog: Catalog, cfg: CacheSideConfig, fingerprint: str
 
 
 def wait_until_ready(handle: CacheHandle, timeout_s: float = 600.0, progress: bool = True,
-                     poll_s: float = 0.25) -> CacheStatus:
+                     poll_s: float = 0.05) -> CacheStatus:
     """Poll the status until the pool and the validation volumes are cached, with a progress bar.
+
+    A status call is a short read under the actor's lock, so a short ``poll_s`` is cheap there
+    and connect returns within 50 ms of the cache being ready (it was up to 250 ms).
 
     Raises :class:`~common.errors.PoolFailedError` with the first cause as soon as every
     training item is quarantined, rather than returning a "ready" cache with an empty pool.

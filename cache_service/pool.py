@@ -50,6 +50,7 @@ class PrepMeta:
     from_disk: bool = False
     disk_note: str | None = None  # why a disk-tier file was rejected, if one was
     disk_error: str | None = None  # what the disk tier's folder refused (read, touch, write, delete), if anything
+    spatial_shape: tuple[int, ...] = ()  # after the prefix (empty: unknown); connect checks a patch against it
 
 
 @dataclass
@@ -76,6 +77,7 @@ class CacheBook:
         self.blocked: set[str] = set()  # replacements refused by the budget until the next rotation
         self.val_refused: set[str] = set()
         self.quarantined: dict[str, QuarantinedItem] = {}
+        self.train_shapes: dict[str, tuple[int, ...]] = {}  # every training item prepared so far, pool or not
         self.use_counts: Counter[str] = Counter()
         self.prep_seconds_spent = self.seconds_saved = 0.0
         self.disk_hits, self.rotations, self.max_item_bytes = 0, 0, 0
@@ -133,6 +135,8 @@ class CacheBook:
         """Take a prepared training item if the budget allows; returns whether it is held."""
         self.in_flight.discard(meta.item_id)
         self._count(meta)
+        if meta.spatial_shape:
+            self.train_shapes[meta.item_id] = tuple(meta.spatial_shape)
         if meta.item_id not in self.plan.wanted():  # dropped, or no longer needed after a budget cut
             return False
         self.max_item_bytes = max(self.max_item_bytes, meta.nbytes)
@@ -245,4 +249,5 @@ class CacheBook:
             prep_seconds_spent=self.prep_seconds_spent, seconds_saved=self.seconds_saved,
             disk_hits=self.disk_hits, disk_rejected=list(self.disk_rejected), disk_tier=self.disk_tier,
             disk_tier_error=self.disk_tier_error,
-            quarantined=list(self.quarantined.values()))
+            quarantined=list(self.quarantined.values()),
+            train_shapes={i: list(shape) for i, shape in self.train_shapes.items()})

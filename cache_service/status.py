@@ -103,6 +103,9 @@ class CacheStatus(BaseModel):
     # another user's folder, a full disk; what it cannot keep is prepared instead)
     disk_tier_error: str = ""  # the first refusal, naming the path
     quarantined: list[QuarantinedItem] = Field(default_factory=list)
+    # spatial shape after the prefix of every training item prepared so far (kept after it leaves the pool), so a
+    # consumer checks its patch at connect time; items not prepared yet are missing
+    train_shapes: dict[str, list[int]] = Field(default_factory=dict)
     experiments: list[ExperimentStatus] = Field(default_factory=list)
     rotation_waits_for: list[str] = Field(default_factory=list)  # experiments still owed the current generation
     detached: list[DetachedExperiment] = Field(default_factory=list)  # detached by the cache, newest last

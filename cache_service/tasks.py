@@ -1,7 +1,9 @@
 """The preparation task: read a volume from the disk tier, or preprocess it (and write it there).
 
 It returns two objects: a small :class:`PrepMeta` the actor reads, and the volume itself,
-which goes into the object store once and is never loaded by the actor.
+which goes into the object store once and is never loaded by the actor. The cache actor
+(and the driver that creates it) import this module only to submit the task; the disk
+tier and its pyarrow are imported in the task's own process, the only one that reads files.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cache_service.disk_tier import DiskTier, evict
 from cache_service.pool import PrepMeta
 from common.catalog import Record
 from common.config import CacheConfig
@@ -35,6 +36,8 @@ def prepare_item(preprocessor: "Preprocessor | bytes", record: Record, cache: Ca
     has to import torch and MONAI itself; only a miss unpickles it. The tier's folder is
     resolved here, on the node that reads and writes it.
     """
+    from cache_service.disk_tier import DiskTier, evict  # pyarrow: here only, the actor imports this module too
+
     note = None
     disk_dir = cache.disk_path()
     tier = DiskTier(disk_dir, fingerprint) if disk_dir else None
@@ -43,7 +46,8 @@ def prepare_item(preprocessor: "Preprocessor | bytes", record: Record, cache: Ca
         vol, note = tier.read(record.item_id)
         if vol is not None:
             log.debug("disk hit %s in %.3fs", record.item_id, time.perf_counter() - start)
-            return PrepMeta(record.item_id, vol.nbytes, vol.prep_seconds, True, None, tier.error), vol
+            return PrepMeta(record.item_id, vol.nbytes, vol.prep_seconds, True, None, tier.error,
+                            vol.spatial_shape), vol
     if isinstance(preprocessor, bytes):
         preprocessor = pickle.loads(preprocessor)
     vol = preprocessor(record)
@@ -57,4 +61,5 @@ def prepare_item(preprocessor: "Preprocessor | bytes", record: Record, cache: Ca
                 evict(disk_dir, int(cache.disk_budget), keep=frozenset({written}))
             except OSError as err:  # e.g. another user's files under a shared root
                 tier.note_error("evict old files under", Path(disk_dir), err)
-    return PrepMeta(record.item_id, vol.nbytes, vol.prep_seconds, False, note, tier.error if tier else None), vol
+    return PrepMeta(record.item_id, vol.nbytes, vol.prep_seconds, False, note, tier.error if tier else None,
+                    vol.spatial_shape), vol

@@ -42,7 +42,12 @@ class CropSpec:
     patch_size: tuple[int, int, int]
     samples_per_volume: int
     initial_ratio: float  # pos / neg
-    where: str = "RandCropByPosNegLabeld"  # the transform in the user's chain, named in error messages
+    where: str = "transforms"  # where the crop sits in the user's (flattened) chain, "transforms[5]"
+
+    @property
+    def patch_parameter(self) -> str:
+        """The user's own setting of the patch, as an error names it: ``transforms[5].spatial_size``."""
+        return f"{self.where}.spatial_size (RandCropByPosNegLabeld)"
 
 
 @dataclass(frozen=True)
@@ -126,7 +131,7 @@ def _crop_spec(t: RandCropByPosNegLabeld, where: str) -> CropSpec:
         raise ConfigError(f"{where}.spatial_size", size, "three positive sizes: the service crops fixed 3D patches")
     pos = float(cropper.pos_ratio)
     ratio = pos / (1.0 - pos) if pos < 1.0 else float("inf")
-    return CropSpec(size, int(cropper.num_samples), ratio, f"{where} RandCropByPosNegLabeld")  # type: ignore[arg-type]
+    return CropSpec(size, int(cropper.num_samples), ratio, where)  # type: ignore[arg-type]
 
 
 def split_user_chain(chain: Compose | Sequence[Callable]) -> UserChain:

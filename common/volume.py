@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from common.errors import DataError
+from common.patch_fit import require_patch_fits
 
 #: the index arrays together may use at most this share of the image's own bytes
 INDEX_BYTE_SHARE = 0.25
@@ -70,17 +70,11 @@ def require_all_fit(volumes: Sequence[PreparedVolume], patch_size: Sequence[int]
                     parameter: str = "sampler.patch_size") -> None:
     """Raise one :class:`DataError` naming every volume smaller than the patch and the setting that chose it.
 
-    ``parameter`` is what the user actually set (a chain's ``RandCropByPosNegLabeld spatial_size``,
-    ``patch_size=`` on ``experiment()``, or the config key), so the fix names their own knob.
+    The batch-time form of :func:`common.patch_fit.require_patch_fits` (connect checks the shapes
+    the cache reports; this checks volumes prepared since, as a consumer fetches them).
     """
-    patch = tuple(int(p) for p in patch_size)
-    small = [v for v in volumes if not v.fits(patch)]
-    if small:
-        names = ", ".join(v.source.get("image") or v.item_id for v in small)
-        shapes = ", ".join(str(v.spatial_shape) for v in small)
-        bound = tuple(min([patch[a], *(v.spatial_shape[a] for v in small)]) for a in range(3))
-        raise DataError(names, f"{len(small)} volume(s) of {shapes} voxels after preprocessing, smaller than this "
-                        f"experiment's patch {patch}; lower {parameter} to at most {bound} or the target spacing")
+    require_patch_fits({v.item_id: v.spatial_shape for v in volumes}, patch_size, parameter,
+                       files={v.item_id: v.source.get("image") or v.item_id for v in volumes})
 
 
 def class_voxel_indices(label: np.ndarray, num_classes: int, image_nbytes: int,

@@ -102,13 +102,14 @@ def render() -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from cache_service import cluster, handle, snapshot, status
     from cache_service.sdk import api, batches, device, mismatch, protocol
-    from common import chain, fair_rotation, scoring, volume
+    from common import chain, fair_rotation, patch_fit, scoring, volume
 
     sections = [
         (api, ["SmartCache", "Experiment"]),
         (batches, ["ConsumerSettings", "CropBatches", "CropDataset", "crops_of", "apply_suffix"]),
         (mismatch, ["CacheSettingsWarning", "setting_differences", "warn_if_different"]),
         (volume, ["PreparedVolume", "require_all_fit"]),
+        (patch_fit, ["require_patch_fits", "too_small"]),
         (snapshot, ["Snapshot"]),
         (status, ["CacheStatus", "ExperimentStatus", "SamplerReport", "QuarantinedItem", "FaultEvent"]),
         (device, ["DeviceVolumes"]),

@@ -35,6 +35,7 @@ from common.catalog import Catalog, fingerprint, load_catalog
 from common.chain import UserChain, split_user_chain
 from common.config import AugmentConfig, ExperimentConfig, SamplerConfig, config_from_dict
 from common.ids import check_experiment_id
+from common.patch_fit import require_patch_fits
 from common.preprocess import Preprocessor
 
 __all__ = ["Experiment", "SmartCache"]
@@ -69,6 +70,11 @@ class SmartCache:
         A cache already running for the same dataset and prefix is joined as it is: a
         :class:`~cache_service.sdk.mismatch.CacheSettingsWarning` names each of your settings
         that it does not share (see :mod:`cache_service.sdk.mismatch` for the rule).
+
+        A patch known now (the chain's ``RandCropByPosNegLabeld`` ``spatial_size``, or
+        ``settings["sampler"]["patch_size"]``) is checked after the fill against every training
+        volume prepared so far: one smaller than the patch raises a
+        :class:`~common.errors.DataError` naming each such case and its shape after the chain.
         """
         raw = dict(settings or {})
         raw["data"] = {"dataset_dir": str(dataset), "val_fraction": val_fraction, **raw.get("data", {})}
@@ -99,8 +105,32 @@ class SmartCache:
         cache = cls(cfg, catalog, fp, handle, chain)
         warn_if_different(cfg.cache, handle.status())
         if wait:
-            client.wait_until_ready(handle, progress=progress)
+            status = client.wait_until_ready(handle, progress=progress)
+            known = cache._patch_known_at_connect()
+            if known is not None:
+                cache._require_patch_fits(*known, status)
         return cache
+
+    def _patch_known_at_connect(self) -> tuple[tuple[int, ...], str] | None:
+        """(patch, the setting it came from) when connect already knows it: the chain's crop or the config's."""
+        if self.chain is not None and self.chain.crop is not None:
+            return self.chain.crop.patch_size, self.chain.crop.patch_parameter
+        if "patch_size" in self.config.sampler.model_fields_set:
+            return tuple(self.config.sampler.patch_size), "sampler.patch_size"
+        return None
+
+    def _require_patch_fits(self, patch_size: Sequence[int], parameter: str, status: CacheStatus) -> None:
+        """Refuse a patch larger than a training volume the cache has prepared, naming every such case.
+
+        Only prepared volumes have a shape after the chain: after the fill that is the pool's
+        ``cache_num`` (all N when the pool holds every case) plus any replacements ready, and
+        the error says how many were not checked yet; each batch checks the volumes it
+        fetches, so one prepared later is still caught (:mod:`cache_service.sdk.batches`).
+        """
+        failed = sum(q.split == "train" for q in status.quarantined)
+        require_patch_fits(status.train_shapes, patch_size, parameter,
+                           files={r.item_id: r.image for r in self.catalog.train},
+                           unchecked=max(0, status.train_items - failed - len(status.train_shapes)))
 
     def status(self) -> CacheStatus:
         """Pool, budget, rotations, quarantine and every attached experiment (with its cycle coverage)."""
@@ -124,6 +154,10 @@ class SmartCache:
         With a chain's crop, ``batch_size`` counts volumes as MONAI's loaders do: each gives
         ``num_samples`` crops, so ``batch_size=2`` with ``num_samples=4`` makes batches of 8 crops
         (the tutorials' step). Without one (the project's chain, a config file) it counts crops.
+
+        Raises :class:`~common.errors.DataError` when a training volume the cache has prepared is
+        smaller than the patch, naming every such case and the setting the patch came from
+        (``patch_size=``, the chain's ``spatial_size`` or ``sampler.patch_size``).
         """
         cfg = self.config
         sampler = sampler or cfg.sampler
@@ -136,13 +170,14 @@ class SmartCache:
             sampler = sampler.replace(initial_ratio=initial_ratio)
         settings = ConsumerSettings(sampler=sampler, augment=augment or cfg.augmentation,
                                     batch_size=cfg.training.batch_size,
-                                    patch_parameter=f"{crop.where} spatial_size" if crop else "sampler.patch_size",
+                                    patch_parameter=crop.patch_parameter if crop else "sampler.patch_size",
                                     batch_counts_volumes=crop is not None,
                                     seed=cfg.training.seed if seed is None else seed,
                                     suffix=self.chain.suffix if self.chain is not None else None)
         settings = settings.with_overrides(patch_size=patch_size, batch_size=batch_size,
                                            samples_per_volume=samples_per_volume, steps=steps)
         experiment_id = check_experiment_id(f"{name}-{uuid.uuid4().hex[:6]}" if unique else name)
+        self._require_patch_fits(settings.sampler.patch_size, settings.patch_parameter, self.status())
         details = {"name": name, "initial_ratio": settings.sampler.initial_ratio,
                    "patch_size": list(settings.sampler.patch_size), **(info or {})}
         return Experiment(self.fingerprint, cfg.cache.namespace, experiment_id, settings, self.catalog.num_classes,

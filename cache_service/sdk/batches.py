@@ -3,9 +3,11 @@
 :class:`CropBatches` wraps :class:`cache_service.sdk.stream.CropBatchStream` (the background crop
 producer) and adds what belongs to one consumer rather than to the shared cache:
 
-* the patch-size check: a volume smaller than *this* experiment's patch raises a
+* the patch-size check's last guard: a volume smaller than *this* experiment's patch raises a
   :class:`~common.errors.DataError` naming the file (it is not padded, and it is not
   quarantined at the cache, where it would be lost to experiments with smaller patches);
+  ``connect`` and ``experiment()`` check the volumes prepared by then, this catches one
+  prepared later (a replacement entering the pool);
 * the user's random MONAI suffix, run on every crop after the service's pos/neg crop;
 * where crops are cut: on the host (default) or, given ``device_volumes``, on the training
   device from volumes uploaded once per pool generation (``sampler.device: cuda``).

@@ -1,5 +1,6 @@
 """Bad input on a real cache: a huge header and a 4D image quarantined with their causes, the rest served;
-a prefix that fails on every volume raised at connect with its real cause."""
+a prefix that fails on every volume raised at connect with its real cause; a patch larger than volumes
+refused at connect, naming every such case."""
 
 from __future__ import annotations
 
@@ -8,18 +9,19 @@ import shutil
 import struct
 import uuid
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 import pytest
 import ray
 import torch
-from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, LoadImaged
+from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, LoadImaged, RandCropByPosNegLabeld
 
 from cache_service import SmartCache
 from cache_service.client import stop_caches, wait_until_ready
 from common.catalog import load_catalog
-from common.errors import PoolFailedError
+from common.errors import DataError, PoolFailedError
 
 pytestmark = pytest.mark.integration
 KEYS = ["image", "label"]
@@ -73,5 +75,39 @@ def test_prefix_failing_on_every_volume_raises_at_connect_with_its_cause(ray_clu
                                settings={"cache": {"task_num_cpus": 0.25, "disk_dir": None}})
         text = str(info.value)
         assert "CUDA" in text and "applying transform" not in text and " at 0x" not in text
+    finally:
+        stop_caches(namespace)
+
+
+def _patch_too_big_for_some(shapes: dict[str, tuple[int, ...]]) -> tuple[int, set[str]]:
+    """A cube patch side that some training volumes are too small for (all of them if they are alike)."""
+    side = max(min(s) for s in shapes.values())
+    small = {case for case, s in shapes.items() if min(s) < side}
+    return (side, small) if small else (side + 1, set(shapes))
+
+
+@pytest.mark.timeout(240)
+def test_a_patch_larger_than_volumes_is_refused_at_connect_naming_every_case(ray_cluster, demo_root) -> None:
+    namespace = f"smallvol-{uuid.uuid4().hex[:6]}"
+    train = load_catalog(demo_root).train
+    shapes = {r.item_id: tuple(nib.load(r.image).shape) for r in train}  # LoadImaged + channel-first keep them
+    side, small = _patch_too_big_for_some(shapes)
+    prefix = [LoadImaged(keys=KEYS), EnsureChannelFirstd(keys=KEYS)]
+    crop = RandCropByPosNegLabeld(keys=KEYS, label_key="label", spatial_size=(side,) * 3, num_samples=2)
+    kw: dict[str, Any] = {"cache_num": None, "address": None, "namespace": namespace,
+                          "settings": {"cache": {"task_num_cpus": 0.25, "disk_dir": None}}}
+    try:
+        with pytest.raises(DataError) as info:  # the whole pool is prepared: every too-small case is known
+            SmartCache.connect(demo_root, transforms=Compose([*prefix, crop]), **kw)
+        text = str(info.value)
+        assert all(f"{case} {shapes[case]}" in text for case in small), text
+        assert not any(f"{case} (" in text for case in set(shapes) - small), text
+        assert "lower transforms[2].spatial_size (RandCropByPosNegLabeld) to at most" in text
+        assert "not checked" not in text
+        fits = RandCropByPosNegLabeld(keys=KEYS, label_key="label", spatial_size=(4, 4, 4), num_samples=2)
+        cache = SmartCache.connect(demo_root, transforms=Compose([*prefix, fits]), **kw)  # same prefix, same cache
+        with pytest.raises(DataError, match=r"lower patch_size= to at most"):
+            cache.experiment("too-big", patch_size=(side,) * 3)
+        assert cache.status().quarantined == []  # one consumer's patch quarantines nothing at the shared cache
     finally:
         stop_caches(namespace)

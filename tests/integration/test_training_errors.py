@@ -32,14 +32,19 @@ def test_more_workers_than_cpus(ray_cluster, demo_root, stats_dir, tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_patch_larger_than_every_volume_fails_only_that_experiment(ray_cluster, demo_root, stats_dir, tmp_path):
-    """The patch check is the consumer's: the shared cache quarantines nothing for one experiment's patch."""
+    """The patch check is the consumer's: the shared cache quarantines nothing for one experiment's patch.
+
+    It is found when the experiment opens, from the shapes of the volumes the cache prepared,
+    before any Ray Train worker starts, and names the config key the patch came from.
+    """
     small = tiny_config(demo_root, stats_dir, epochs=1, num_workers=1)
     raw = small.to_dict()
     raw["sampler"]["patch_size"] = [64, 64, 64]
     raw["validation"]["roi_size"] = [64, 64, 64]
     big = config_from_dict(raw)
     try:
-        with pytest.raises(TrainingFailedError, match="smaller than this experiment's patch \\(64, 64, 64\\)"):
+        too_big = "smaller than this experiment's patch \\(64, 64, 64\\).*lower sampler.patch_size"
+        with pytest.raises(DataError, match=too_big):
             run_experiment(big, LaunchOptions(tmp_path / "big", show_progress=False))
         [name] = cache_actor_names(big.cache.namespace)
         assert lookup(name, big.cache.namespace).status().quarantined == []

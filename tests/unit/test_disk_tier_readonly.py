@@ -18,7 +18,7 @@ import pytest
 
 from cache_service.disk_tier import DiskTier
 from cache_service.pool import CacheBook, PrepMeta
-from cache_service import tasks
+from cache_service import disk_tier
 from cache_service.tasks import prepare_item
 from common.catalog import load_catalog
 from common.config import CacheConfig, DataConfig, PreprocessConfig
@@ -90,7 +90,7 @@ def test_read_only_tier_serves_every_item_equal_to_a_fresh_preprocess(dataset, t
 
 def test_refused_eviction_keeps_the_written_file(dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     catalog, prep = dataset
-    monkeypatch.setattr(tasks, "evict", _refuse)
+    monkeypatch.setattr(disk_tier, "evict", _refuse)  # the task imports the tier when it runs
     meta, vol = prepare_item(prep, catalog.train[0], CacheConfig(disk_dir=str(tmp_path / "tier")), "fp")
     assert meta.disk_error is not None and meta.disk_error.startswith(f"cannot evict old files under {tmp_path}")
     _same_data(DiskTier(tmp_path / "tier", "fp").read(catalog.train[0].item_id)[0], vol)

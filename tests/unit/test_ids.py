@@ -45,7 +45,8 @@ def test_contained_folder_refuses_a_symlink_out_of_the_root(tmp_path):
 
 def test_the_sdk_refuses_a_hostile_experiment_name():
     cfg = load_config(None, [])
-    cache = SmartCache(cfg, SimpleNamespace(num_classes=2), "ab12", handle=None)
+    nothing_prepared = SimpleNamespace(status=lambda: SimpleNamespace(train_shapes={}, train_items=0, quarantined=[]))
+    cache = SmartCache(cfg, SimpleNamespace(num_classes=2, train=()), "ab12", handle=nothing_prepared)
     with pytest.raises(InvalidIdError, match="'../../../escaped-[0-9a-f]{6}' is invalid"):
         cache.experiment("../../../escaped")
     with pytest.raises(InvalidIdError, match="is invalid"):

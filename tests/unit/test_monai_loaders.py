@@ -46,7 +46,7 @@ def _monai_settings(batch_size: int = 2, num_samples: int = 4) -> ConsumerSettin
     """What experiment() makes from a chain with RandCropByPosNegLabeld(num_samples=...)."""
     return ConsumerSettings(sampler=SamplerConfig(patch_size=PATCH, samples_per_volume=num_samples),
                             batch_size=batch_size, batch_counts_volumes=True,
-                            patch_parameter="transforms[5] RandCropByPosNegLabeld spatial_size")
+                            patch_parameter="transforms[5].spatial_size (RandCropByPosNegLabeld)")
 
 
 def _experiment(n: int = 4, **kw: Any) -> _LocalExperiment:
@@ -97,7 +97,7 @@ def test_a_producer_failure_in_a_thread_loader_reaches_the_training_thread() -> 
     exp = _LocalExperiment({"ok": _volume("ok"), "tiny": _volume("tiny", (12, 12, 4))}, _monai_settings())
     ds = exp.dataset(rank=0, world_size=1)
     assert list(ThreadDataLoader(ds, batch_size=2)) == []  # MONAI's thread drops the error and ends the epoch
-    with pytest.raises(DataError, match=r"tiny.*RandCropByPosNegLabeld spatial_size"):
+    with pytest.raises(DataError, match=r"tiny.*transforms\[5\]\.spatial_size"):
         exp.finish_epoch(0, rank=1)  # ... so it is raised at the next call in the training thread
     assert exp.finish_epoch(0, rank=1) is False  # raised once; rank 1 sends nothing
 
@@ -115,7 +115,8 @@ def test_every_too_small_volume_is_named_with_the_parameter_set() -> None:
         exp.batches(0)
     message = str(info.value)
     assert "/data/a.nii.gz" in message and "/data/c.nii.gz" in message and "/data/b.nii.gz" not in message
-    assert "2 volume(s)" in message and "transforms[5] RandCropByPosNegLabeld spatial_size" in message
+    assert "2 volume(s)" in message and "lower transforms[5].spatial_size" in message
+    assert "a (12, 5, 12)" in message and "c (4, 12, 12)" in message
     assert "at most (4, 5, 6)" in message
     override = exp.settings.with_overrides(patch_size=(6, 6, 6))
     assert override.patch_parameter == "patch_size="
