@@ -16,6 +16,10 @@ and augmentation off on both sides. Rows:
   (Ray actors attached to the same cluster) each iterate a ``CropBatchStream`` (``--copy-threads``
   copy threads, volumes fetched once per stream) over the same epoch snapshot for ``--duration``
   seconds. crops/s is the sum over consumers. One extra row uses a single copy thread.
+* The public SDK in a plain process (``benchmarks/datapath_sdk.py``): ``SmartCache.connect`` +
+  ``exp.batches``, one consumer, with the project's chain and with a user's MONAI chain (load,
+  channel first, RAS, 1 mm, z-score, then ``RandCropByPosNegLabeld``); the cache is built by
+  ``connect``. MONAI's fast recipe with that same user chain is its reference.
 * The reference, MONAI's fast-training recipe, in K consumer processes: ``CacheDataset`` whose
   cached prefix ends with ``FgBgToIndicesd`` (+ ``EnsureTyped(track_meta=False)``),
   ``copy_cache=False``, ``set_track_meta(False)``, ``RandCropByPosNegLabeld`` with
@@ -29,15 +33,17 @@ Timing of a row starts at its first batch (start-up and cache builds are reporte
 machine has gone under 30 % CPU (at most ``--idle-wait`` s, default 30; the reading is shown as
 "CPU busy before").
 
-Memory: the summed PSS (``psutil``) of the driver and every process of this script's own Ray cluster
-(raylet, GCS, cache actor, task workers, consumers) is taken once the K consumers are started and
-idle, and again after they have streamed; shared memory is split across the processes mapping it,
-so the sum counts it once. "data memory" = that increase + the object store bytes (the one copy the
-cache holds; for MONAI rows the store holds the same cache, which is not charged to MONAI). Each MONAI
-consumer process builds its own CacheDataset, so its increase is its private copy.
+Memory: the summed private PSS (PSS less shared-memory pages, ``/proc/PID/smaps_rollup``) of the
+driver and every process of this script's own Ray cluster (raylet, GCS, cache actor, task workers,
+consumers) is taken once the K consumers are started and idle, then sampled while they stream and
+once after; "data memory" = the highest increase + the object store bytes (the one copy the cache
+holds, counted by its bytes rather than by whichever processes happen to map its pages; see
+``private_pss``; for MONAI rows the store holds the same cache, which is not charged to MONAI). Each
+MONAI consumer process builds its own CacheDataset, so its increase is its private copy.
 
 Targets printed under each dataset: the service's crops/s with one consumer >= 1.8x the fast
-recipe's with one consumer, and the service's data memory with the most consumers <= 1.2x one copy.
+recipe's with one consumer, the same for each public-SDK row (the user chain against the fast
+recipe with the user chain), and the service's data memory with the most consumers <= 1.2x one copy.
 """
 
 from __future__ import annotations
