@@ -102,11 +102,13 @@ class CropBatches:
             mine = shard(len(snapshot.refs), rank, world_size, epoch, settings.seed)
             require_all_fit([load(snapshot.refs[i]) for i in sorted(set(mine))], patch, settings.patch_parameter)
 
-        self.suffix = settings.suffix
+        # a chain with nothing after its crop has an empty suffix: passing every crop through it cost a
+        # Compose call per crop and a copy of every batch (torch.stack) for the same values
+        self.suffix = settings.suffix if settings.suffix is not None and settings.suffix.transforms else None
         if self.suffix is not None:  # reproducible per (seed, epoch, rank), like the crops
             self.suffix.set_random_state(seed=int(np.random.default_rng([settings.seed, epoch, rank, 1])
                                                   .integers(2**31)))
-        augment = settings.augment if self.suffix is None else NO_AUGMENT
+        augment = settings.augment if settings.suffix is None else NO_AUGMENT  # a user's chain augments itself
         cutter = None
         if device_volumes is not None:
             device_volumes.keep_only(snapshot.item_ids)  # volumes that left the pool free their device memory

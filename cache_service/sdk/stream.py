@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from cache_service.sdk.buffers import BatchBuffers, buffers_needed
 from common.augment import augment_batch, draw_flips, without_flip
 from common.config import AugmentConfig, SamplerConfig
 from common.sampling import choose_centres, crop_into
@@ -92,16 +93,21 @@ def _augmentation_off(cfg: AugmentConfig) -> bool:
 
 
 class HostCutter:
-    """Cuts planned crops on the CPU straight into one batch array, augments it in place, wraps as tensors."""
+    """Cuts planned crops on the CPU straight into one batch array, augments it in place, wraps as tensors.
 
-    def __init__(self, patch: Sequence[int], augment: AugmentConfig) -> None:
+    The batch arrays come from ``buffers`` (:mod:`cache_service.sdk.buffers`): reused once the
+    consumer has dropped the batch they went out in; without, every batch is a fresh allocation.
+    """
+
+    def __init__(self, patch: Sequence[int], augment: AugmentConfig, buffers: BatchBuffers | None = None) -> None:
         self.patch = tuple(int(p) for p in patch)
         self.augment_rest = without_flip(augment)  # flips happen while copying
+        self.buffers = buffers if buffers is not None else BatchBuffers(0)
 
     def __call__(self, plan: BatchPlan) -> Batch:
         crops, first = plan.crops, plan.crops[0].volume
-        images = np.empty((len(crops), first.image.shape[0], *self.patch), dtype=np.float32)
-        labels = np.empty((len(crops), first.label.shape[0], *self.patch), dtype=np.uint8)
+        images = self.buffers.take((len(crops), first.image.shape[0], *self.patch), np.float32)
+        labels = self.buffers.take((len(crops), first.label.shape[0], *self.patch), np.uint8)
         for i, c in enumerate(crops):
             crop_into(images[i], labels[i], c.volume.image, c.volume.label, c.centre, self.patch, flip=plan.flips[i])
         if plan.augment_seed is not None:
@@ -120,6 +126,10 @@ class CropBatchStream:
     are cut at once (1: the planner thread cuts them itself); the batches are the same
     for any value. One is the default: on the 2-core test machine a second copy thread gave no
     gain (docs/benchmarks.md). ``keep_fetched`` fetches each volume once per stream (see ``_volume``).
+
+    Memory: at most ``max(prefetch, copy_threads)`` batches are made ahead of the consumer (queued
+    or being cut), and the host cutter reuses that many arrays plus the two the consumer holds, so
+    a consumer's own memory is a fixed few batches (docs/benchmarks.md, "Memory with K consumers").
     """
 
     def __init__(self, refs: Sequence[Any], fetch: Callable[[Any], PreparedVolume], ratio: float,
@@ -142,13 +152,16 @@ class CropBatchStream:
         self.window = max(1, math.ceil(2 * batch_size / sampler.samples_per_volume))
         self.patch = tuple(int(p) for p in sampler.patch_size)
         self.augment_rest = without_flip(augment)  # flips happen while copying
-        self.cut = cutter if cutter is not None else HostCutter(self.patch, augment)
+        self.made_ahead = max(prefetch, copy_threads)
+        self.buffers = BatchBuffers(2 * buffers_needed(self.made_ahead))  # image and label arrays
+        self.cut = cutter if cutter is not None else HostCutter(self.patch, augment, self.buffers)
         self.keep_fetched = keep_fetched
         self._fetched: dict[int, PreparedVolume] = {}
         self.wait_seconds = 0.0
         self.crops_delivered = 0
         self.batches_delivered = 0
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=prefetch)
+        self._queue: queue.Queue[Any] = queue.Queue()  # bounded by _slots: a slot per batch made ahead
+        self._slots = threading.Semaphore(self.made_ahead)
         self._stop = threading.Event()
         self._done = False
         self._pool = (ThreadPoolExecutor(copy_threads, thread_name_prefix="crop-batch-copy")
@@ -209,26 +222,24 @@ class CropBatchStream:
         if pending:  # end of a single pass: the short last batch
             yield self._plan_batch(pending)
 
-    def _put(self, item: Any) -> bool:
-        """Put unless stopped; polling keeps close() from hanging on a full queue."""
+    def _slot(self) -> bool:
+        """Wait for a free slot (the consumer frees one per batch it takes) unless stopped; polling keeps
+        close() from hanging."""
         while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=_PUT_POLL_S)
+            if self._slots.acquire(timeout=_PUT_POLL_S):
                 return True
-            except queue.Full:
-                continue
         return False
 
     def _produce(self) -> None:
         """Planner loop: plans in order; copies inline (one thread) or as futures, queued in order."""
         try:
             for plan in self._plans():
-                item = self.cut(plan) if self._pool is None else self._pool.submit(self.cut, plan)
-                if not self._put(item):
+                if not self._slot():
                     return
-            self._put(_END)
+                self._queue.put(self.cut(plan) if self._pool is None else self._pool.submit(self.cut, plan))
+            self._queue.put(_END)
         except BaseException as err:  # noqa: BLE001 -- handed to the consumer, which re-raises
-            self._put(_Failure(err))
+            self._queue.put(_Failure(err))
 
     # ----- consumer side ---------------------------------------------------------------
 
@@ -240,6 +251,7 @@ class CropBatchStream:
             raise StopIteration
         start = time.perf_counter()
         item = self._queue.get()
+        self._slots.release()  # the producer may start the next batch while this one is finishing or in use
         if isinstance(item, Future):
             try:
                 item = item.result()
@@ -275,6 +287,7 @@ class CropBatchStream:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)  # at most one batch copy per thread to finish
         self._fetched.clear()
+        self.buffers.clear()
 
     def __enter__(self) -> "CropBatchStream":
         return self

@@ -54,3 +54,46 @@ def test_render_uses_the_fast_recipe_as_reference() -> None:
     assert "crops/s per consumer >= 1.8x MONAI fast recipe: **met** (720 vs 400 crops/s = 1.80x)" in text
     assert "memory with 4 consumers <= 1.2x one copy: **MISSED** (1.250x)" in text
     assert "Load average" in text
+
+
+def _datapath():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import datapath
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    return datapath
+
+
+def test_sdk_rows_are_checked_against_the_fast_recipe_with_the_same_chain() -> None:
+    datapath = _datapath()
+    args = datapath.parse_args([])
+    args.load_start = (1.0, 1.0, 1.0)
+    rows = [datapath.Row("D", datapath.MONAI_FAST, 1, [400.0]),
+            datapath.Row("D", f"{datapath.SDK} (project chain)", 1, [760.0]),
+            datapath.Row("D", f"{datapath.SDK} (user chain)", 1, [500.0]),
+            datapath.Row("D", datapath.MONAI_FAST_USER, 1, [250.0])]
+    info = {"cases": 2, "shapes": [(10, 10, 10)], "cache_bytes": datapath.MiB, "cache_build_s": 1.0}
+    text = datapath.render(rows, {"D": info}, args, 60.0)
+    assert f"| {datapath.SDK} (user chain) | 1 | 500.0 | 2.00x |" in text  # divided by the user-chain recipe
+    assert "public SDK (project chain) per consumer >= 1.8x MONAI fast recipe: **met** (760 vs 400" in text
+    assert ("public SDK (user chain) per consumer >= 1.8x MONAI fast recipe with the same user chain: **met** "
+            "(500 vs 250 crops/s = 2.00x)") in text
+
+
+def test_private_pss_leaves_shared_memory_out() -> None:
+    """The object store is shared memory, counted by its bytes; its pages must not count again in the PSS."""
+    import mmap
+    import os
+
+    datapath = _datapath()
+    size = 64 * datapath.MiB
+    before = datapath.private_pss(os.getpid())
+    shared = mmap.mmap(-1, size, flags=mmap.MAP_SHARED)  # anonymous shared: shmem, as the object store's pages
+    shared.write(b"x" * size)
+    grown_shared = datapath.private_pss(os.getpid()) - before
+    private = bytearray(b"y" * size)
+    grown_private = datapath.private_pss(os.getpid()) - before
+    shared.close()
+    assert grown_shared < 8 * datapath.MiB
+    assert grown_private > 48 * datapath.MiB and len(private) == size

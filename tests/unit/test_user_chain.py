@@ -176,3 +176,24 @@ def test_crop_dataset_in_a_pinned_dataloader() -> None:
         batches = list(loader)
         assert len(batches) == 1 and batches[0]["image"].shape == (2, 1, 6, 6, 6)  # rank 1's half: 2 volumes
     assert exp.calls == [(0, 1, 2), (1, 1, 2)]
+
+
+def test_an_empty_suffix_is_not_run_per_crop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chain that ends with its crop: batches as without a suffix (service augmentation off), no per-crop pass."""
+    import cache_service.sdk.batches as batches_module
+
+    def refuse(*_: object) -> None:
+        raise AssertionError("apply_suffix ran for an empty suffix")
+
+    vols = {k: _volume(k) for k in "abc"}
+    snap = Snapshot(0, tuple(vols), tuple(vols), 1.0)
+    sampler = SamplerConfig(patch_size=(6, 6, 6), samples_per_volume=2)
+    empty = ConsumerSettings(sampler=sampler, batch_size=2, suffix=Compose([]))
+    plain = ConsumerSettings(sampler=sampler, augment=batches_module.NO_AUGMENT, batch_size=2)
+    with CropBatches(snap, plain, epoch=0, rank=0, world_size=1, fetch=vols.__getitem__) as batches:
+        want = [{k: v.clone() for k, v in b.items()} for b in batches]
+    monkeypatch.setattr(batches_module, "apply_suffix", refuse)
+    with CropBatches(snap, empty, epoch=0, rank=0, world_size=1, fetch=vols.__getitem__) as batches:
+        got = [{k: v.clone() for k, v in b.items()} for b in batches]
+    assert len(got) == len(want) == 3
+    assert all(g.keys() == w.keys() and all(torch.equal(g[k], w[k]) for k in g) for g, w in zip(got, want))
