@@ -156,8 +156,10 @@ class SmartCache:
         (the tutorials' step). Without one (the project's chain, a config file) it counts crops.
 
         Raises :class:`~common.errors.DataError` when a training volume the cache has prepared is
-        smaller than the patch, naming every such case and the setting the patch came from
-        (``patch_size=``, the chain's ``spatial_size`` or ``sampler.patch_size``).
+        smaller than a patch the user set, naming every such case and the setting the patch came
+        from (``patch_size=``, the chain's ``spatial_size`` or ``sampler.patch_size``); the built-in
+        default patch is checked when batches are made, so an experiment that only reads snapshots
+        is not refused over a crop size it never uses.
         """
         cfg = self.config
         sampler = sampler or cfg.sampler
@@ -177,7 +179,9 @@ class SmartCache:
         settings = settings.with_overrides(patch_size=patch_size, batch_size=batch_size,
                                            samples_per_volume=samples_per_volume, steps=steps)
         experiment_id = check_experiment_id(f"{name}-{uuid.uuid4().hex[:6]}" if unique else name)
-        self._require_patch_fits(settings.sampler.patch_size, settings.patch_parameter, self.status())
+        if patch_size is not None or crop is not None or "patch_size" in sampler.model_fields_set:
+            # a patch the user chose; the built-in default is checked per batch, for those that ask for crops
+            self._require_patch_fits(settings.sampler.patch_size, settings.patch_parameter, self.status())
         details = {"name": name, "initial_ratio": settings.sampler.initial_ratio,
                    "patch_size": list(settings.sampler.patch_size), **(info or {})}
         return Experiment(self.fingerprint, cfg.cache.namespace, experiment_id, settings, self.catalog.num_classes,

@@ -99,3 +99,12 @@ def test_a_chain_crop_too_large_is_refused_naming_the_chains_spatial_size() -> N
         cache._require_patch_fits(*cache._patch_known_at_connect(), cache.status())
     with pytest.raises(DataError, match=r"lower transforms\[3\]\.spatial_size"):
         cache.experiment("chain-crop")  # the experiment's patch comes from the same chain
+
+
+def test_experiment_refuses_a_patch_the_user_set_but_not_the_builtin_default() -> None:
+    # the default 112^3 is checked per batch (an experiment reading only snapshots never cuts one)
+    assert _cache(SHAPES).experiment("snapshots-only").settings.sampler.patch_size == (112, 112, 112)
+    with pytest.raises(DataError, match="lower sampler.patch_size to at most"):
+        _cache(SHAPES, raw={"sampler": {"patch_size": [32, 32, 32]}}).experiment("from-config")
+    with pytest.raises(DataError, match=r"transforms\[3\].spatial_size"):
+        _cache(SHAPES, _chain(16)).experiment("from-chain")
