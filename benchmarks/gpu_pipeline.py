@@ -91,7 +91,7 @@ def crop_rows(cfg: ExperimentConfig, prep: Preprocessor, volumes: list[PreparedV
     # last: the recipe (build_monai_dataset "fast") switches MONAI's meta tracking off process-wide
     catalog = load_catalog(data, cfg.data)
     records = [{"image": r.image, "label": r.label} for r in catalog.train]
-    ds, _ = build_monai_dataset("fast", records, prep, int(cfg.sampler.patch_size[0]), 1, 0)
+    ds, _ = build_monai_dataset("fast", records, list(prep.chain.transforms), int(cfg.sampler.patch_size[0]), 1, 0)
     loader = ThreadDataLoader(ds, batch_size=cfg.training.batch_size, shuffle=True, num_workers=0)
     try:
         monai_rate = drain(_synced((b for _ in range(steps) for b in loader), device), seconds)["crops_per_s"]
