@@ -111,6 +111,22 @@ def shrink_to_budget(shape: tuple[int, int, int], budget: int) -> list[int]:
     return patch
 
 
+def fill_budget(patch: list[int], upper: tuple[int, int, int], factor: int, budget: int) -> tuple[int, int, int]:
+    """Round the patch down to multiples of ``factor``, then grow it back one step at a time within the budget.
+
+    Rounding every axis down alone wastes up to a fifth of the budget (BrainDev on 2 cores: 56x72x56,
+    86 % of it); the axis smallest relative to the image grows first, as far as the image allows.
+    """
+    out = [max(factor, p // factor * factor) for p in patch]
+    while True:
+        room = [a for a in range(3) if out[a] + factor <= max(factor, upper[a])
+                and math.prod(out) // out[a] * (out[a] + factor) <= budget]
+        if not room:
+            return tuple(out)  # type: ignore[return-value]
+        axis = min(room, key=lambda a: (out[a] / upper[a], a))
+        out[axis] += factor
+
+
 def plan_patch_and_depth(grid: Grid, fp: DatasetFingerprint, budget: int, budget_why: str
                          ) -> tuple[tuple[int, int, int], int, Choice]:
     """Patch size within the budget, and the depth it allows; the patch is a multiple of 2**depth."""
@@ -120,7 +136,7 @@ def plan_patch_and_depth(grid: Grid, fp: DatasetFingerprint, budget: int, budget
     patch = shrink_to_budget(upper, budget)  # type: ignore[arg-type]
     depth = max(2, min(MAX_DEPTH, int(math.log2(max(1, min(patch)) / 4))))
     factor = 2**depth
-    final = tuple(max(factor, p // factor * factor) for p in patch)
+    final = fill_budget(patch, upper, factor, budget)  # type: ignore[arg-type]
     fg_vox = _shape_at(fp.median_fg_extent_mm(), grid.spacing)
     cover = [min(1.0, p / f) for p, f in zip(final, fg_vox) if f > 0]
     cap = f", capped on axes {capped} by the smallest case {list(grid.smallest_shape)}" if capped else ""

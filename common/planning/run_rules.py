@@ -21,8 +21,6 @@ CPU_TRAIN_VOXELS_PER_S = 350_000
 GPU_TRAIN_VOXELS_PER_S = 16_000_000
 #: share of the smallest node's object store the pool may take (the rest: batches, weights, other jobs)
 OBJECT_STORE_SHARE = 0.5
-#: validation may take at most this share of the training time
-VALIDATION_SHARE = 0.2
 #: total optimiser steps the planned epochs aim for (nnU-Net trains 250 000; CPU runs stop on time)
 TARGET_STEPS = {"cpu": 6000, "gpu": 25000}
 #: MRI cases whose 99th percentiles differ more than this (different scanners) are clipped and augmented

@@ -2,8 +2,8 @@
 
 The pool takes as many prepared volumes as half the smallest node's object store holds; the
 replace rate is what the preparation tasks can prepare while one epoch trains, so a rotation's
-replacements are ready by the round boundary. Validation runs every few epochs so that its
-sliding windows cost at most a fifth of the training time.
+replacements are ready by the round boundary. Validation runs beside training on its own share,
+as often as it keeps up.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from common.planning.fingerprint import TIMING_SPACING, DatasetFingerprint
 from common.planning.geometry_rules import Grid
 from common.planning.machine import Machine
 from common.planning.run_rules import (
+    CPU_TRAIN_VOXELS_PER_S,
+    GPU_TRAIN_VOXELS_PER_S,
     OBJECT_STORE_SHARE,
     TARGET_STEPS,
-    VALIDATION_SHARE,
     Resources,
-    step_seconds,
     volume_bytes,
 )
 
@@ -72,24 +72,62 @@ def plan_epochs(steps_per_epoch: int, res: Resources) -> list[Choice]:
             Choice("training.checkpoint_every", max(1, epochs // 20), "20 checkpoints over the run")]
 
 
+def plan_window(patch: tuple[int, int, int], factor: int, median_shape: tuple[int, int, int],
+                batch: int, sw_batch: int) -> list[int]:
+    """The sliding window: one forward pass of ``sw_batch`` windows costs about one training step.
+
+    A sliding-window pass computes about the volume's voxels times the overlap whatever the window,
+    so a larger window costs no more in all (fewer windows, less overlap at the seams) and gives each
+    prediction more context; what bounds it is one pass's time and memory. Inference costs about a
+    third of a training step per voxel and keeps no activations for a backward pass, so a window may
+    hold ``batch / (INFERENCE_COST * sw_batch)`` times the patch's voxels: 6x (1.8x per axis) on CPU
+    with one window per pass, 3x (1.44x per axis) on a GPU that runs ``batch`` windows per pass.
+    """
+    scale = (batch / (INFERENCE_COST * sw_batch)) ** (1 / 3)
+    return [max(factor, min(int(p * scale), max(p, s)) // factor * factor) for p, s in zip(patch, median_shape)]
+
+
+def validation_voxels_per_s(res: Resources) -> float:
+    """The validation actor's throughput at training cost per voxel: its GPU share, or its cores.
+
+    An actor with a fractional CPU share still runs one thread (Ray sets its thread count to at least
+    one), so on CPU it is counted as at least one core.
+    """
+    planned = {c.key: c.value for c in res.choices}
+    if res.use_gpu:
+        return GPU_TRAIN_VOXELS_PER_S * float(planned["validation.num_gpus"])
+    return CPU_TRAIN_VOXELS_PER_S * max(1.0, float(planned["validation.num_cpus"]))
+
+
 def plan_validation(fp: DatasetFingerprint, grid: Grid, patch: tuple[int, int, int], factor: int,
                     res: Resources, epoch_s: float, batch: int) -> list[Choice]:
-    """Window 1.5x the patch (within the volume), overlap, interval, and connected components."""
-    roi = [max(factor, min(int(p * 1.5), max(p, s)) // factor * factor) for p, s in zip(patch, grid.median_shape)]
+    """Window (:func:`plan_window`), overlap, interval, and connected components.
+
+    The validation actor runs beside training on its own CPU (and GPU) share, so a validation takes
+    nothing from the ranks; the interval is therefore the fewest epochs in which the actor finishes
+    one validation (it keeps up, and the sampler's ratio is updated as often as it can be), not a
+    share of the training time.
+    """
+    sw_batch = batch if res.use_gpu else 1
+    roi = plan_window(patch, factor, grid.median_shape, batch, sw_batch)
     overlap = 0.5 if res.use_gpu else 0.25
     n_val = max(1, len(fp.cases) - fp.num_train)
     windows = math.prod(math.ceil(s / (r * (1 - overlap))) for s, r in zip(grid.median_shape, roi))
-    val_s = n_val * windows * step_seconds(tuple(roi), 1, res) * INFERENCE_COST  # type: ignore[arg-type]
-    interval = max(1, min(10, math.ceil(val_s / max(1e-3, VALIDATION_SHARE * epoch_s))))
+    val_s = n_val * windows * math.prod(roi) * INFERENCE_COST / validation_voxels_per_s(res)
+    interval = max(1, min(10, math.ceil(val_s / max(1e-3, epoch_s))))
     fractions = fp.mean_class_fractions()[1:]
     organ = len(fractions) == 1 and fractions[0] > 0.01
+    per_axis = (batch / (INFERENCE_COST * sw_batch)) ** (1 / 3)
     return [
-        Choice("validation.roi_size", roi, f"1.5x the patch, within the median volume {list(grid.median_shape)}"),
+        Choice("validation.roi_size", roi, f"one pass of {sw_batch} window(s) costs about one training step: "
+                                           f"{per_axis:.2f}x the patch per axis, within the median volume "
+                                           f"{list(grid.median_shape)}"),
         Choice("validation.overlap", overlap, "GPU: MONAI's 0.5" if res.use_gpu else "CPU: 0.25 halves the windows"),
-        Choice("validation.interval", interval, f"~{val_s:.0f} s per validation of {n_val} case(s) against "
-                                                f"~{epoch_s:.0f} s epochs: at most {VALIDATION_SHARE:.0%} of the time"),
+        Choice("validation.interval", interval, f"~{val_s:.0f} s per validation of {n_val} case(s) on the validation "
+                                                f"actor's own share, beside ~{epoch_s:.0f} s epochs: as often as it "
+                                                "keeps up"),
         Choice("validation.keep_largest_component", organ,
                f"one foreground class of {fractions[0]:.1%} of the volume: one organ" if organ
                else "small or several structures: keep every component"),
-        Choice("validation.sw_batch_size", batch if res.use_gpu else 1, "windows per forward pass"),
+        Choice("validation.sw_batch_size", sw_batch, "windows per forward pass"),
     ]

@@ -12,7 +12,10 @@ from common.config import config_from_dict
 from common.errors import ConfigError
 from common.planning.fingerprint import PERCENTILES, CaseStats, DatasetFingerprint
 from common.planning.machine import Machine, NodeSpec, described_machine
+from common.planning.geometry_rules import fill_budget, plan_grid
 from common.planning.plan import make_plan
+from common.planning.run_rules import plan_resources
+from common.planning.schedule_rules import plan_validation, plan_window, validation_voxels_per_s
 
 GPU_NODE = Machine((NodeSpec(cpus=64, memory_bytes=512 * 2**30, object_store_bytes=150 * 2**30, gpus=8,
                              gpu_memory_bytes=80 * 2**30, gpu_name="H100"),))
@@ -163,3 +166,41 @@ def test_the_optimiser_is_novograd_unless_the_training_set_is_a_handful_of_cases
     # the lr is the optimiser's own default once the plan is a config
     assert few.config().training.lr == pytest.approx(1e-3)
 
+
+
+def test_the_patch_fills_its_budget_in_multiples_of_the_down_sampling() -> None:
+    budget, factor, upper = 64**3, 8, (127, 158, 148)
+    patch = fill_budget([59, 73, 61], upper, factor, budget)  # BrainDev on 2 cores, before rounding
+    assert all(p % factor == 0 for p in patch) and math.prod(patch) <= budget
+    for axis in range(3):  # no axis can grow by one more multiple within the budget and the image
+        grown = list(patch)
+        grown[axis] += factor
+        assert math.prod(grown) > budget or grown[axis] > upper[axis]
+    assert math.prod(patch) > 0.95 * budget  # rounding every axis down alone gave 56x72x56, 86 %
+    assert fill_budget([20, 20, 20], (24, 24, 24), 8, 10**9) == (24, 24, 24)  # the image bounds it
+
+
+def test_one_window_pass_costs_about_one_training_step() -> None:
+    patch, median = (56, 72, 64), (127, 158, 148)
+    cpu = plan_window(patch, 8, median, batch=2, sw_batch=1)
+    gpu = plan_window(patch, 8, median, batch=2, sw_batch=2)
+    assert all(p <= w <= m for p, w, m in zip(patch, cpu, median))
+    assert 0.5 * 6 * math.prod(patch) <= math.prod(cpu) <= 6 * math.prod(patch)  # 2 / (1/3 x 1)
+    assert 0.5 * 3 * math.prod(patch) <= math.prod(gpu) <= 3 * math.prod(patch)  # 2 / (1/3 x 2)
+    assert plan_window((64, 64, 64), 8, (70, 70, 70), batch=2, sw_batch=1) == [64, 64, 64]  # within the volume
+
+
+def test_validation_runs_as_often_as_its_own_share_keeps_up() -> None:
+    fp = dataset([case(i, (1.0, 1.0, 1.0), (160, 160, 160)) for i in range(10)], modality="MRI", num_train=8)
+    plan = make_plan(fp, CPU_NODE)
+    res = plan_resources(CPU_NODE, fp.num_train)
+    grid, _ = plan_grid(fp, CPU_NODE)
+    patch = tuple(plan.value("sampler.patch_size"))
+    factor = 2 ** len(plan.value("training.strides"))
+    slow = {c.key: c.value for c in plan_validation(fp, grid, patch, factor, res, 1.0, 2)}
+    fast = {c.key: c.value for c in plan_validation(fp, grid, patch, factor, res, 60.0, 2)}
+    assert slow["validation.interval"] > fast["validation.interval"] == 1  # long epochs: every epoch
+    roi = slow["validation.roi_size"]
+    windows = math.prod(math.ceil(s / (r * 0.75)) for s, r in zip(grid.median_shape, roi))
+    val_s = 2 * windows * math.prod(roi) / 3 / validation_voxels_per_s(res)  # 2 validation cases
+    assert slow["validation.interval"] == min(10, math.ceil(val_s / 1.0))
