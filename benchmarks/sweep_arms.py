@@ -151,7 +151,7 @@ def first_steps(trials_dir: Path, names: list[str], t0: float) -> list[tuple[flo
 def run_sweep_arm(arm: str, base: dict[str, Any], trials: list[dict[str, Any]], data: str, out: Path,
                   concurrent: int) -> ArmRun:
     """Arm shared or no-cache: :func:`trainer.sweep.run_sweep` (FIFO) on a fresh cache namespace."""
-    from cache_service.client import stop_caches
+    from cache_service.client import stop_caches  # Ray Tune and the trainer: only when the arm runs
     from cache_service.sdk import protocol
     from common.errors import CacheUnavailableError
     from trainer.sweep import SweepOptions, run_sweep
@@ -161,9 +161,9 @@ def run_sweep_arm(arm: str, base: dict[str, Any], trials: list[dict[str, Any]], 
     raw = {**base, "cache": {**base.get("cache", {}), "namespace": namespace, "enabled": arm == SHARED}}
     plan = make_plan(f"bench-{arm}", raw, trials, sorted(trials[0]), data)
     print(format_plan(plan), flush=True)
-    load0, t0 = psutil.getloadavg()[0], time.time()
     try:
         with NodeSampler() as node:
+            load0, t0 = psutil.getloadavg()[0], time.time()
             outcomes = run_sweep(plan, SweepOptions(out_dir=out, concurrent=concurrent, scheduler="fifo"))
             wall = time.time() - t0
             prep = None

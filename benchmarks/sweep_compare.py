@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from sweep_arms import MONAI, NO_CACHE, SHARED, ArmRun
+from sweep_arms import MONAI, NO_CACHE, SHARED, ArmRun, run_sweep_arm
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -160,10 +160,9 @@ def logical_cpus(cfg: Any, concurrent: int) -> int:
 
 def run_arm(arm: str, args: argparse.Namespace, num_cpus: int, catalog: Any, prep: Any) -> ArmRun:
     """One arm on a fresh local Ray cluster of its own (nothing left over from the previous arm)."""
-    import ray
+    import ray  # Ray, the config and the plan: only once an arm runs (the bookkeeping is unit-tested without)
 
     from common.config import load_config
-    from sweep_arms import run_sweep_arm
     from trainer.sweep_plan import make_plan
 
     trials = TRIALS[:args.trials]
@@ -184,7 +183,7 @@ def run_arm(arm: str, args: argparse.Namespace, num_cpus: int, catalog: Any, pre
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from common.catalog import fingerprint, load_catalog
+    from common.catalog import fingerprint, load_catalog  # torch and MONAI come with these: not for --help
     from common.config import load_config
     from common.preprocess import build_preprocessor
 

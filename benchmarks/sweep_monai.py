@@ -92,14 +92,14 @@ def run_monai_arm(plan: SweepPlan, catalog: Catalog, prep: Preprocessor, out: Pa
     out.mkdir(parents=True, exist_ok=True)
     t = plan.trials[0].config
     cpus = 0.1 + t.training.worker_num_cpus + t.validation.num_cpus  # a shared-cache trial's three processes
-    load0, t0 = psutil.getloadavg()[0], time.time()
-    trainable = tune.with_resources(tune.with_parameters(monai_trial, plan=plan, catalog=catalog, prep=prep, t0=t0,
-                                                         out_dir=str(out)), {"cpu": cpus})
-    tuner = tune.Tuner(trainable, param_space={"trial": tune.grid_search([p.index for p in plan.trials])},
-                       tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=False),
-                       run_config=tune.RunConfig(name=f"{plan.name}-monai", storage_path=str(out / "tune"),
-                                                 verbose=1))
     with NodeSampler() as node:
+        load0, t0 = psutil.getloadavg()[0], time.time()
+        trainable = tune.with_resources(tune.with_parameters(monai_trial, plan=plan, catalog=catalog, prep=prep,
+                                                             t0=t0, out_dir=str(out)), {"cpu": cpus})
+        tuner = tune.Tuner(trainable, param_space={"trial": tune.grid_search([p.index for p in plan.trials])},
+                           tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=False),
+                           run_config=tune.RunConfig(name=f"{plan.name}-monai", storage_path=str(out / "tune"),
+                                                     verbose=1))
         grid = tuner.fit()
         wall = time.time() - t0
     rows, prep_cpu = [], 0.0
