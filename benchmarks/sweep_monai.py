@@ -81,8 +81,9 @@ def monai_trial(config: dict[str, Any], plan: SweepPlan, catalog: Catalog, prep:
         if _due(epoch, t.epochs, cfg.validation.interval):
             dice = validator.validate(epoch, model.state_dict(), val_volumes).mean_dice
             best = max(best, dice)
-            Path(out_dir, f"trial{trial.index}.json").write_text(json.dumps(
-                {"first_step_s": None if first_at is None else first_at - t0, "best_dice": best, "steps": steps, "build_cpu_s": build_cpu}))
+            record = {"first_step_s": None if first_at is None else first_at - t0, "best_dice": best,
+                      "steps": steps, "build_cpu_s": build_cpu}
+            Path(out_dir, f"trial{trial.index}.json").write_text(json.dumps(record))
             tune.report({"dice": dice, "best_dice": best, "epoch": epoch})
 
 
