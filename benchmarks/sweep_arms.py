@@ -76,22 +76,36 @@ def _cpu(times: Any) -> float:
     return float(times.user + times.system)
 
 
+GONE = (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError, PermissionError)  # exited while read
+
+
+def _children_cpu(worker: psutil.Process) -> float:
+    """CPU seconds of a Ray worker's child processes: those it has reaped (as it reports them) and live ones."""
+    total = 0.0
+    for kid in worker.children(recursive=True):
+        try:
+            total += _cpu(kid.cpu_times())
+        except GONE:
+            continue
+    t = worker.cpu_times()
+    return total + t.children_user + t.children_system
+
+
 def _sample() -> _Sample:
     """Private PSS of this process and its descendants; the CPU of each Ray worker's child processes."""
     me = psutil.Process()
-    procs = [me, *me.children(recursive=True)]
     total, loader = 0, {}
-    for p in procs:
+    for p in [me, *me.children(recursive=True)]:
         try:
             total += private_pss(p.pid)
-            if p.name() != "raylet":
-                continue
-            for worker in p.children():
-                kids = worker.children(recursive=True)
-                t = worker.cpu_times()
-                loader[worker.pid] = t.children_user + t.children_system + sum(_cpu(k.cpu_times()) for k in kids)
-        except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError, PermissionError):
+            workers = p.children() if p.name() == "raylet" else []  # Ray's worker processes
+        except GONE:
             continue
+        for worker in workers:
+            try:
+                loader[worker.pid] = _children_cpu(worker)
+            except GONE:
+                continue
     return _Sample(total, loader)
 
 

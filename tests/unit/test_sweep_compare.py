@@ -80,3 +80,24 @@ def test_quick_and_default_regime(bench) -> None:
     assert (full.trials, full.trials_epochs, full.steps_per_epoch, full.concurrent) == (4, 4, 10, 2)
     sets = compare.base_overrides(full)
     assert "training.target_dice=1.0" in sets and "training.steps_per_epoch=10" in sets
+
+
+def test_children_cpu_counts_live_and_reaped_child_processes(bench) -> None:
+    """The no-cache arm's preparation CPU: what a Ray worker's DataLoader processes used, before and after exit."""
+    import subprocess
+    import time
+
+    import psutil
+
+    arms, _ = bench
+    me = psutil.Process()
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass\nimport sys; sys.stdin.read()"
+    before = arms._children_cpu(me)
+    child = subprocess.Popen([sys.executable, "-c", burn], stdin=subprocess.PIPE)
+    deadline = time.time() + 20
+    while arms._children_cpu(me) - before < 0.35 and time.time() < deadline:  # live: read from the child
+        time.sleep(0.05)
+    live = arms._children_cpu(me) - before
+    child.communicate(b"")  # let it exit; reaped, its CPU moves to this process's children times
+    reaped = arms._children_cpu(me) - before
+    assert live >= 0.35 and reaped >= live - 0.01
