@@ -50,7 +50,7 @@ TRIALS = [{"training.optimizer": "adam", "training.lr": 1e-3}, {"training.optimi
           {"training.optimizer": "novograd", "training.lr": 1e-2},
           {"training.optimizer": "novograd", "training.lr": 3e-3}]
 
-QUICK_SETS = ["sampler.patch_size=[32, 32, 32]", "validation.roi_size=[48, 48, 48]", "data.val_fraction=0.34",
+QUICK_SETS = ["sampler.patch_size=[16, 16, 16]", "validation.roi_size=[24, 24, 24]", "data.val_fraction=0.34",
               "cache.cache_num=3"]
 
 
@@ -139,7 +139,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="tiny: 2 trials, 2 epochs x 3 steps, validation each epoch")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = ap.parse_args(argv)
-    if args.quick:  # small demo phantoms (make-demo-data DIR --cases 6 --size 48): small crops, 2 validation cases
+    if args.quick:  # demo phantoms of 48 voxels (26-31 at 2 mm): 16^3 crops, 2 validation cases
         args.trials, args.trials_epochs, args.steps_per_epoch, args.val_interval = 2, 2, 3, 1
         args.overrides = [*QUICK_SETS, *args.overrides]
     return args
