@@ -158,6 +158,25 @@ def logical_cpus(cfg: Any, concurrent: int) -> int:
     return max(os.cpu_count() or 1, math.ceil(concurrent * per_trial + cfg.cache.task_num_cpus + 0.25))
 
 
+def start_ray(num_cpus: int, attempts: int = 3) -> None:
+    """A fresh local Ray cluster; tried again when it times out starting (Ray waits 30 s for its agents,
+    which a busy 2-core machine can exceed), so a loaded machine costs a retry, not the whole run."""
+    import ray  # only once an arm runs
+
+    path = os.pathsep.join([str(REPO), str(REPO / "benchmarks"), os.environ.get("PYTHONPATH", "")])
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": {"PYTHONPATH": path, "RAY_TRAIN_V2_ENABLED": "1"}})
+            return
+        except Exception as err:  # Ray raises a bare Exception for this
+            ray.shutdown()
+            if "timed out during startup" not in str(err) or attempt == attempts:
+                raise
+            print(f"Ray timed out starting (attempt {attempt} of {attempts}; load average "
+                  f"{os.getloadavg()[0]:.1f}); starting it again", flush=True)
+
+
 def run_arm(arm: str, args: argparse.Namespace, num_cpus: int, catalog: Any, prep: Any) -> ArmRun:
     """One arm on a fresh local Ray cluster of its own (nothing left over from the previous arm)."""
     import ray  # Ray, the config and the plan: only once an arm runs (the bookkeeping is unit-tested without)
@@ -167,9 +186,7 @@ def run_arm(arm: str, args: argparse.Namespace, num_cpus: int, catalog: Any, pre
 
     trials = TRIALS[:args.trials]
     base = load_config(args.config, base_overrides(args)).to_dict()
-    path = os.pathsep.join([str(REPO), str(REPO / "benchmarks"), os.environ.get("PYTHONPATH", "")])
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path, "RAY_TRAIN_V2_ENABLED": "1"}})
+    start_ray(num_cpus)
     try:
         if arm == MONAI:
             from sweep_monai import run_monai_arm  # torch and MONAI: only for the arm that uses them here
