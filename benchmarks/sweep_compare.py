@@ -1,7 +1,8 @@
 """One sweep, three ways: the shared SmartCache, MONAI's fast recipe per trial, and no cache (issue 17).
 
 The same trials (different optimiser and lr; the same epochs, steps per epoch, validation
-schedule and seed; FIFO, and a target Dice of 1.0 so that no trial stops early) run under
+schedule and seed, ``training.deterministic`` so that no validation is skipped; FIFO, and a
+target Dice of 1.0 so that no trial stops early) run under
 Ray Tune with the same number of trials at once, one arm after another, each on a fresh
 local Ray cluster of its own (benchmarks/sweep_arms.py says what each arm is and how its
 preparation CPU and memory are counted):
@@ -66,7 +67,7 @@ def format_table(runs: Sequence[ArmRun]) -> str:
     for r in runs:
         firsts = " / ".join(fmt_s(t.first_step_s) for t in r.trials)
         dice = " / ".join("-" if t.best_dice is None else f"{t.best_dice:.3f}" for t in r.trials)
-        prep = "not measured" if r.prep_cpu_s is None else f"{r.prep_cpu_s:.0f}"
+        prep = "not measured" if r.prep_cpu_s is None else f"{r.prep_cpu_s:.1f}"
         lines.append(f"| {ARM_TITLES[r.arm]} | {r.wall_s:.0f} | {firsts} | {prep} | {r.peak_bytes / MiB:.0f} "
                      f"({r.idle_bytes / MiB:.0f}) | {r.store_peak_bytes / MiB:.0f} | {dice} | "
                      f"{r.load[0]:.1f} / {r.load[1]:.1f} |")
@@ -146,10 +147,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def base_overrides(args: argparse.Namespace) -> list[str]:
-    """What every arm shares: the data, epochs, steps, schedule; no early stop; no disk tier to read back."""
+    """What every arm shares: the data, epochs, steps, schedule; no early stop; no disk tier to read back.
+
+    ``training.deterministic``: a shared-cache trial otherwise skips a validation that falls due while
+    the previous one still runs (the last epoch's, in a short sweep), and MONAI's trials validate
+    inline at every due epoch; with it, every arm validates at the same epochs and waits for it.
+    """
     return [f"data.dataset_dir={Path(args.data).resolve()}", f"training.epochs={args.trials_epochs}",
             f"training.steps_per_epoch={args.steps_per_epoch}", f"validation.interval={args.val_interval}",
-            "training.target_dice=1.0", "training.time_limit_s=null", "cache.disk_dir=null", *args.overrides]
+            "training.target_dice=1.0", "training.time_limit_s=null", "cache.disk_dir=null",
+            "training.deterministic=true", *args.overrides]
 
 
 def logical_cpus(cfg: Any, concurrent: int) -> int:

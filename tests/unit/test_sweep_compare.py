@@ -32,7 +32,7 @@ def test_table_and_targets(bench) -> None:
     arms, compare = bench
     shared, monai = _run(arms, arms.SHARED, 100.0, 500, 30.0), _run(arms, arms.MONAI, 250.0, 1800, None)
     table = compare.format_table([shared, monai])
-    assert "| (a) smartcache sweep, one shared cache | 100 | 12 / - | 30 | 500 (100) | 50 | 0.610 / - |" in table
+    assert "| (a) smartcache sweep, one shared cache | 100 | 12 / - | 30.0 | 500 (100) | 50 | 0.610 / - |" in table
     assert "| not measured |" in table and "1.0 / 2.5" in table
     met = compare.target_lines([shared, monai])
     assert "**met** (100 s vs 250 s = 2.50x sooner)" in met[0] and "**met**" in met[1]
@@ -80,6 +80,7 @@ def test_quick_and_default_regime(bench) -> None:
     assert (full.trials, full.trials_epochs, full.steps_per_epoch, full.concurrent) == (4, 4, 10, 2)
     sets = compare.base_overrides(full)
     assert "training.target_dice=1.0" in sets and "training.steps_per_epoch=10" in sets
+    assert "training.deterministic=true" in sets  # no validation skipped: the same schedule in every arm
 
 
 def test_children_cpu_counts_live_and_reaped_child_processes(bench) -> None:
