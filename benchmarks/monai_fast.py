@@ -34,13 +34,13 @@ from common.preprocess import Preprocessor
 from trainer.model import build_loss, build_model
 from trainer.validation import Validator
 
-__all__ = ["run_monai_fast"]
+__all__ = ["fast_transforms", "run_monai_fast"]
 
 #: the tutorial: "Novograd paper suggests to use a bigger LR than Adam"
 NOVOGRAD_LR_FACTOR = 10.0
 
 
-def _transforms(cfg: ExperimentConfig, prep: Preprocessor) -> Compose:
+def fast_transforms(cfg: ExperimentConfig, prep: Preprocessor) -> Compose:
     """The project's deterministic chain + cached fg/bg indices, then MONAI's random crop and augmentation."""
     aug = cfg.augmentation
     return Compose([
@@ -61,7 +61,7 @@ def run_monai_fast(cfg: ExperimentConfig, catalog: Catalog, prep: Preprocessor, 
     t_start = time.time()
     torch.manual_seed(cfg.training.seed)
     files = [{"image": r.image, "label": r.label} for r in catalog.train]
-    transform = _transforms(cfg, prep)
+    transform = fast_transforms(cfg, prep)
     transform.set_random_state(seed=cfg.training.seed)
     ds = CacheDataset(files, transform=transform, cache_rate=1.0, num_workers=fill_workers,
                       copy_cache=False, progress=True)

@@ -51,6 +51,7 @@ class PrepMeta:
     disk_note: str | None = None  # why a disk-tier file was rejected, if one was
     disk_error: str | None = None  # what the disk tier's folder refused (read, touch, write, delete), if anything
     spatial_shape: tuple[int, ...] = ()  # after the prefix (empty: unknown); connect checks a patch against it
+    cpu_seconds: float = 0.0  # CPU time of the task's process (all its threads) for this item, disk hit or not
 
 
 @dataclass
@@ -80,6 +81,7 @@ class CacheBook:
         self.train_shapes: dict[str, tuple[int, ...]] = {}  # every training item prepared so far, pool or not
         self.use_counts: Counter[str] = Counter()
         self.prep_seconds_spent = self.seconds_saved = 0.0
+        self.prep_cpu_seconds = 0.0  # CPU the preparation tasks used, disk reads included (benchmarks compare it)
         self.disk_hits, self.rotations, self.max_item_bytes = 0, 0, 0
         self.disk_rejected: list[str] = []
         self.disk_tier = "off"  # off | ok | read-only (the actor sets "ok" when a tier is configured)
@@ -118,6 +120,7 @@ class CacheBook:
         return max(0, self.plan.replace_num * self.max_item_bytes - self._ready_bytes())
 
     def _count(self, meta: PrepMeta) -> None:
+        self.prep_cpu_seconds += meta.cpu_seconds
         if meta.from_disk:
             self.disk_hits += 1
             self.seconds_saved += meta.prep_seconds
@@ -247,6 +250,7 @@ class CacheBook:
             replacements_ready=len(self.entries) - len(pool), val_items_total=len(self.val_ids),
             val_items_cached=len(self.val_entries), val_items=list(self.val_entries), use_counts=dict(self.use_counts),
             prep_seconds_spent=self.prep_seconds_spent, seconds_saved=self.seconds_saved,
+            prep_cpu_seconds=self.prep_cpu_seconds,
             disk_hits=self.disk_hits, disk_rejected=list(self.disk_rejected), disk_tier=self.disk_tier,
             disk_tier_error=self.disk_tier_error,
             quarantined=list(self.quarantined.values()),

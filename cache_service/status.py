@@ -96,6 +96,7 @@ class CacheStatus(BaseModel):
     val_items: list[str] = Field(default_factory=list)  # ids of the validation volumes held (whole, not in the pool)
     use_counts: dict[str, int] = Field(default_factory=dict)
     prep_seconds_spent: float = 0.0
+    prep_cpu_seconds: float = 0.0  # CPU seconds of every preparation task so far (fills, rotations, disk reads)
     seconds_saved: float = 0.0
     disk_hits: int = 0
     disk_rejected: list[str] = Field(default_factory=list)

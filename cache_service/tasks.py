@@ -34,10 +34,13 @@ def prepare_item(preprocessor: "Preprocessor | bytes", record: Record, cache: Ca
 
     The preprocessor may come pickled, so the cache actor that submits this task never
     has to import torch and MONAI itself; only a miss unpickles it. The tier's folder is
-    resolved here, on the node that reads and writes it.
+    resolved here, on the node that reads and writes it. ``PrepMeta.cpu_seconds`` is the
+    process CPU time the item took: a task process runs one task at a time, so that is
+    this item's work on all the threads the chain uses (what the sweep benchmark sums).
     """
     from cache_service.disk_tier import DiskTier, evict  # pyarrow: here only, the actor imports this module too
 
+    cpu0 = time.process_time()
     note = None
     disk_dir = cache.disk_path()
     tier = DiskTier(disk_dir, fingerprint) if disk_dir else None
@@ -47,7 +50,7 @@ def prepare_item(preprocessor: "Preprocessor | bytes", record: Record, cache: Ca
         if vol is not None:
             log.debug("disk hit %s in %.3fs", record.item_id, time.perf_counter() - start)
             return PrepMeta(record.item_id, vol.nbytes, vol.prep_seconds, True, None, tier.error,
-                            vol.spatial_shape), vol
+                            vol.spatial_shape, time.process_time() - cpu0), vol
     if isinstance(preprocessor, bytes):
         preprocessor = pickle.loads(preprocessor)
     vol = preprocessor(record)
@@ -62,4 +65,4 @@ def prepare_item(preprocessor: "Preprocessor | bytes", record: Record, cache: Ca
             except OSError as err:  # e.g. another user's files under a shared root
                 tier.note_error("evict old files under", Path(disk_dir), err)
     return PrepMeta(record.item_id, vol.nbytes, vol.prep_seconds, False, note, tier.error if tier else None,
-                    vol.spatial_shape), vol
+                    vol.spatial_shape, time.process_time() - cpu0), vol

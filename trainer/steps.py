@@ -64,6 +64,7 @@ class EpochStats:
     wait_seconds: float
     ratio: float
     generation: int
+    first_batch_at: float | None = None  # wall clock (time.time()) when the first batch was in hand: time to first step
 
     @property
     def wait_fraction(self) -> float:
@@ -80,7 +81,7 @@ class EpochStats:
                 "positive_fraction": self.positive_fraction, "ratio": self.ratio, "generation": self.generation,
                 "step_seconds": self.step_seconds, "wait_seconds": self.wait_seconds,
                 "wait_fraction": self.wait_fraction, "time_s": time_s, "rank": rank,
-                "param_checksum": param_checksum}
+                "param_checksum": param_checksum, "first_batch_at": self.first_batch_at}
 
 
 def run_epoch(model: torch.nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], loss_fn: torch.nn.Module,
@@ -97,6 +98,7 @@ def run_epoch(model: torch.nn.Module, batches: Iterable[Mapping[str, torch.Tenso
     loss_sum = torch.zeros((), device=device)
     steps = crops = positives = 0
     wait = compute = 0.0
+    first_at: float | None = None
     iterator = iter(batches) if stager is None else prefetch_to_device(batches, stager)
     while True:
         t0 = time.perf_counter()
@@ -104,6 +106,8 @@ def run_epoch(model: torch.nn.Module, batches: Iterable[Mapping[str, torch.Tenso
         t1 = time.perf_counter()
         if batch is None:
             break
+        if first_at is None:
+            first_at = time.time()
         loss_sum += train_step(model, batch, loss_fn, optimizer, amp, scaler, device)
         steps += 1
         t2 = time.perf_counter()
@@ -114,4 +118,4 @@ def run_epoch(model: torch.nn.Module, batches: Iterable[Mapping[str, torch.Tenso
             positives += int(batch["positive"].sum())  # a host tensor: no device sync
     mean_loss = float(loss_sum) / steps if steps else float("nan")  # the epoch's one host sync
     return EpochStats(epoch, mean_loss, steps, crops, positives / crops if crops else 0.0, compute, wait, ratio,
-                      generation)
+                      generation, first_at)

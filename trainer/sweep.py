@@ -136,8 +136,14 @@ def make_scheduler(plan: SweepPlan, opts: SweepOptions) -> TrialScheduler:
 
 
 def fill_caches(plan: SweepPlan, show: bool) -> None:
-    """Start (or attach to) each fingerprint's cache from the driver and wait until it is warm."""
-    for fp, trials in plan.caches().items():
+    """Start (or attach to) each fingerprint's cache from the driver and wait until it is warm.
+
+    Trials with ``cache.enabled: false`` (the no-cache baseline) get none: each prepares its own volumes.
+    """
+    for fp, group in plan.caches().items():
+        trials = [t for t in group if t.config.cache.enabled]  # cache.enabled is not in the fingerprint
+        if not trials:
+            continue
         t0 = time.time()
         cache = SmartCache.from_config(trials[0].config, wait=False)
         status = cache.wait_until_ready(progress=show)

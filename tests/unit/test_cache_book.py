@@ -38,6 +38,20 @@ def test_warm_pool_then_ready_replacements() -> None:
     assert st["prep_seconds_spent"] == pytest.approx(5 * 1.5)
 
 
+def test_prep_cpu_seconds_sum_every_task_disk_reads_included() -> None:
+    """What the sweep benchmark reports as the shared cache's preparation CPU: fills, replacements, validation."""
+    book = _book(val=("v0",))
+    for item in book.next_train_jobs():
+        book.started(item)
+        book.accept(PrepMeta(item, 100, 1.5, cpu_seconds=2.0), f"ref-{item}")
+    jobs = book.next_val_jobs()
+    book.started(jobs[0], val=True)
+    book.accept_val(PrepMeta(jobs[0], 100, 9.0, from_disk=True, cpu_seconds=0.25), "ref-v0")
+    st = book.status_fields()
+    assert st["prep_cpu_seconds"] == pytest.approx(5 * 2.0 + 0.25)
+    assert st["prep_seconds_spent"] == pytest.approx(5 * 1.5)  # a disk read is saved time, yet it cost CPU
+
+
 def test_snapshot_refs_survive_in_caller_after_rotation_and_count_uses() -> None:
     book = _book()
     _run(book)

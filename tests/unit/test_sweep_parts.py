@@ -154,6 +154,28 @@ def test_validations_per_trial_and_asha_bounds(demo_dataset: Path) -> None:
         make_scheduler(plan, SweepOptions(Path("o"), grace_period=5))
 
 
+def test_fill_caches_starts_none_for_a_no_cache_sweep(demo_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The baseline sweep (cache.enabled=false) must not start a cache that no trial reads."""
+    from trainer import sweep
+
+    started: list[str] = []
+
+    class Recorder:
+        @staticmethod
+        def from_config(cfg, wait: bool = False):  # noqa: ANN001, ANN205 -- a stand-in for SmartCache
+            started.append(cfg.name)
+            raise RuntimeError("no Ray here")
+
+    monkeypatch.setattr(sweep, "SmartCache", Recorder)
+    off = _plan(demo_dataset, {"training.lr": "grid([1e-2, 1e-3])", "cache.enabled": False})
+    sweep.fill_caches(off, show=False)
+    assert started == []
+    on = _plan(demo_dataset, {"training.lr": "grid([1e-2, 1e-3])"})
+    with pytest.raises(RuntimeError, match="no Ray here"):
+        sweep.fill_caches(on, show=False)
+    assert started == ["sw-t0"]
+
+
 def test_sweep_cli_refuses_a_bad_space_before_starting_ray(demo_dataset: Path, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     from trainer.cli import main

@@ -1,6 +1,7 @@
 """Model, step, validation and report pieces on CPU with a tiny network (seconds)."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -56,6 +57,29 @@ def test_epoch_reduces_loss_and_is_deterministic(optimizer):
     assert first[-1] < first[0]
     # the staging-buffer path (reused buffers, next copy issued before the step) trains identically
     assert train(DeviceStager("cpu", slots=2, staging=True)) == first
+
+
+def test_epoch_records_when_its_first_batch_arrived():
+    """The sweep benchmark's time to first step: the wall clock at the first batch, after the loader's delay."""
+    cfg = load_config(None, TINY)
+    vol = _volume()
+    batch = {"image": torch.from_numpy(vol.image[None, :, :16, :16, :16].copy()),
+             "label": torch.from_numpy(vol.label[None, :, :16, :16, :16].copy())}
+
+    def slow_first(n: int):
+        time.sleep(0.3)  # a loader still preparing its first volume
+        yield from [batch] * n
+
+    model = build_model(cfg.training, 1, 2)
+    amp = AmpPolicy.for_device(torch.device("cpu"), cfg.training)
+    t0 = time.time()
+    stats = run_epoch(model, slow_first(2), build_loss(), build_optimizer(cfg.training, model.parameters()), amp,
+                      amp.scaler(), torch.device("cpu"), 0, 1.0, 0)
+    assert stats.first_batch_at is not None and t0 + 0.3 <= stats.first_batch_at <= time.time()
+    assert stats.metrics_row(1.0, 0, 0.0)["first_batch_at"] == stats.first_batch_at
+    empty = run_epoch(model, [], build_loss(), build_optimizer(cfg.training, model.parameters()), amp,
+                      amp.scaler(), torch.device("cpu"), 1, 1.0, 0)
+    assert empty.first_batch_at is None and empty.steps == 0
 
 
 @pytest.mark.parametrize("keep_largest", [False, True])
