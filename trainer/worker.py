@@ -172,14 +172,16 @@ class _Validations:
 def _rank0_epoch_end(inp: WorkerInput, validator: Any, vals: _Validations, epoch: int, model: torch.nn.Module,
                      loss: float) -> bool:
     """Rank 0's duties after an epoch: report it to the cache, hand the weights to the validation actor
-    (never queueing behind a running validation unless deterministic), and decide whether to stop."""
+    (never queueing behind a running validation unless deterministic, or at the last epoch, whose
+    weights are always validated), and decide whether to stop."""
     cfg, exp = inp.config, inp.experiment
     if exp is not None:
         exp.finish_epoch(epoch, {"loss": loss}, rank=0)
-    if vals.pending is not None and ray.wait([vals.pending], timeout=0)[0]:
-        ray.get(vals.pending)  # a validation that failed stops the run with its error
+    last = epoch == cfg.training.epochs - 1
+    if vals.pending is not None and (last or ray.wait([vals.pending], timeout=0)[0]):
+        ray.get(vals.pending)  # a validation that failed stops the run with its error; the last epoch's waits
         vals.pending = None
-    due = epoch - vals.last_validated >= cfg.validation.interval or epoch == cfg.training.epochs - 1
+    due = epoch - vals.last_validated >= cfg.validation.interval or last
     if due and (cfg.training.deterministic or vals.pending is None):
         vals.last_validated = epoch
         weights = ray.put({k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()})
