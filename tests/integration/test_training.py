@@ -86,10 +86,11 @@ def test_deterministic_runs_give_identical_losses(ray_cluster, demo_root, stats_
 @pytest.mark.timeout(240)
 def test_the_last_epoch_is_validated_even_when_a_validation_is_still_running(ray_cluster, demo_root, stats_dir,
                                                                              tmp_path):
-    """One-step epochs and a slow validation (overlap 0.75): validations fall due while one runs and are
-    skipped, but the last epoch's weights are what the run ends with, so that one waits its turn."""
-    cfg = tiny_config(demo_root, stats_dir, epochs=5, steps_per_epoch=1)
-    cfg = cfg.replace(validation=cfg.validation.replace(overlap=0.75, interval=1))
+    """One-step epochs and a slow validation (8^3 windows at stride 2, thousands per case): validations fall
+    due while one runs and are skipped, but the last epoch's weights are what the run ends with, so
+    that one waits its turn."""
+    cfg = tiny_config(demo_root, stats_dir, epochs=5, steps_per_epoch=1, checkpoint_every=100)
+    cfg = cfg.replace(validation=cfg.validation.replace(roi_size=(8, 8, 8), overlap=0.75, interval=1))
     try:
         report = run_experiment(cfg, LaunchOptions(tmp_path / "run", show_progress=False))
     finally:
