@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from tests.benchmark_modules import import_benchmarks
 
 
 @pytest.mark.slow
 def test_gpu_pipeline_smoke_on_cpu(ray_cluster: str, tmp_path: Path) -> None:
-    sys.path.insert(0, str(BENCH))
-    try:
-        import gpu_pipeline
-    finally:
-        sys.path.remove(str(BENCH))
+    (gpu_pipeline,) = import_benchmarks("gpu_pipeline")
     out = tmp_path / "gpu_check.md"
     assert gpu_pipeline.main(["--device", "cpu", "--quick", "--out", str(out),
                               "--set", f"cache.stats_dir={tmp_path / 'stats'}"]) == 0

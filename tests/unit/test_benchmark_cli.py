@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.benchmark_modules import import_benchmarks
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "datapath.py"
 
 
@@ -17,11 +19,7 @@ def test_help_runs() -> None:
 
 
 def test_quick_and_markdown_section(tmp_path: Path) -> None:
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import datapath
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    (datapath,) = import_benchmarks("datapath")
     args = datapath.parse_args(["--quick"])
     assert args.duration < 5 and args.consumers == [1, 2] and args.monai_consumers == [1]
     assert datapath.parse_args([]).patch_size == 96 and datapath.parse_args([]).batch_size == 2
@@ -34,11 +32,7 @@ def test_quick_and_markdown_section(tmp_path: Path) -> None:
 
 
 def test_render_uses_the_fast_recipe_as_reference() -> None:
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import datapath
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    (datapath,) = import_benchmarks("datapath")
     args = datapath.parse_args([])
     args.load_start = (1.0, 1.0, 1.0)
     mib = datapath.MiB
@@ -57,11 +51,7 @@ def test_render_uses_the_fast_recipe_as_reference() -> None:
 
 
 def _datapath():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import datapath
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    (datapath,) = import_benchmarks("datapath")
     return datapath
 
 

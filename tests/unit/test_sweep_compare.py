@@ -9,18 +9,12 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from tests.benchmark_modules import import_benchmarks
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import sweep_arms
-        import sweep_compare
-    finally:
-        sys.path.remove(str(BENCH))
-    return sweep_arms, sweep_compare
+    return import_benchmarks("sweep_arms", "sweep_compare")
 
 
 def _run(arms, arm: str, wall: float, peak_mib: int, prep: float | None) -> object:

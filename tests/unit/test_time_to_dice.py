@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
 from common.catalog import load_catalog
 from common.config import load_config
 from common.demo_data import make_demo_data
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from tests.benchmark_modules import import_benchmarks
 
 
 @pytest.fixture(scope="module")
 def ttd():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import arm_result
-        import time_to_dice
-    finally:
-        sys.path.remove(str(BENCH))
-    return arm_result, time_to_dice
+    return import_benchmarks("arm_result", "time_to_dice")
 
 
 def _arm(arm_result, name, ttt, history):
