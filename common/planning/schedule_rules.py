@@ -83,8 +83,13 @@ def plan_window(patch: tuple[int, int, int], factor: int, median_shape: tuple[in
     hold ``batch / (INFERENCE_COST * sw_batch)`` times the patch's voxels: 6x (1.8x per axis) on CPU
     with one window per pass, 3x (1.44x per axis) on a GPU that runs ``batch`` windows per pass.
     """
-    scale = (batch / (INFERENCE_COST * sw_batch)) ** (1 / 3)
+    scale = window_scale(batch, sw_batch)
     return [max(factor, min(int(p * scale), max(p, s)) // factor * factor) for p, s in zip(patch, median_shape)]
+
+
+def window_scale(batch: int, sw_batch: int) -> float:
+    """Per axis, how much larger than the patch a window may be for one pass to cost one training step."""
+    return (batch / (INFERENCE_COST * sw_batch)) ** (1 / 3)
 
 
 def validation_voxels_per_s(res: Resources) -> float:
@@ -117,10 +122,9 @@ def plan_validation(fp: DatasetFingerprint, grid: Grid, patch: tuple[int, int, i
     interval = max(1, min(10, math.ceil(val_s / max(1e-3, epoch_s))))
     fractions = fp.mean_class_fractions()[1:]
     organ = len(fractions) == 1 and fractions[0] > 0.01
-    per_axis = (batch / (INFERENCE_COST * sw_batch)) ** (1 / 3)
     return [
         Choice("validation.roi_size", roi, f"one pass of {sw_batch} window(s) costs about one training step: "
-                                           f"{per_axis:.2f}x the patch per axis, within the median volume "
+                                           f"{window_scale(batch, sw_batch):.2f}x the patch per axis, within the median volume "
                                            f"{list(grid.median_shape)}"),
         Choice("validation.overlap", overlap, "GPU: MONAI's 0.5" if res.use_gpu else "CPU: 0.25 halves the windows"),
         Choice("validation.interval", interval, f"~{val_s:.0f} s per validation of {n_val} case(s) on the validation "
