@@ -1,7 +1,8 @@
 """Training checkpoints: written whole or not at all, read as tensors and plain data only, newest usable first.
 
 A checkpoint is ``state.pt`` in a folder that Ray Train copies into the run folder
-(``OUT/ray_results/<run>/checkpoint_*``). It holds the model, optimiser and grad-scaler
+(``OUT/ray_results/<run>/checkpoint_*``; an in-process run keeps it in
+``OUT/checkpoints/checkpoint_*``). It holds the model, optimiser and grad-scaler
 state dicts and the epoch: tensors, numbers, strings, lists and dicts, so it is read with
 ``torch.load(weights_only=True)`` and a crafted file cannot run code. A run folder that
 filled up can still leave a truncated copy behind; ``--resume`` therefore takes the newest
@@ -20,9 +21,10 @@ import torch
 from common.atomic import atomic_write
 from common.errors import DataError, StorageError
 
-__all__ = ["CHECKPOINT_FILE", "load_checkpoint", "load_plain", "newest_loadable", "write_checkpoint"]
+__all__ = ["CHECKPOINT_FILE", "LOCAL_FOLDER", "load_checkpoint", "load_plain", "newest_loadable", "write_checkpoint"]
 
 CHECKPOINT_FILE = "state.pt"
+LOCAL_FOLDER = "checkpoints"  # under OUT: where an in-process run (training.runner) keeps its checkpoints
 
 
 def write_checkpoint(folder: Path, state: dict[str, Any]) -> Path:
@@ -64,8 +66,8 @@ def load_checkpoint(folder: str | Path) -> dict[str, Any]:
 
 def _candidates(out_dir: Path) -> list[Path]:
     # checkpoint folders only: Ray Train also writes checkpoint_manager_snapshot.json beside them
-    return sorted((p for p in (out_dir / "ray_results").glob("*/checkpoint_*") if p.is_dir()),
-                  key=lambda p: p.stat().st_mtime, reverse=True)
+    found = [*(out_dir / "ray_results").glob("*/checkpoint_*"), *(out_dir / LOCAL_FOLDER).glob("checkpoint_*")]
+    return sorted((p for p in found if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
 
 
 def newest_loadable(out_dir: Path) -> "ray.train.Checkpoint | None":

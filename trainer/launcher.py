@@ -1,5 +1,5 @@
-"""Start one experiment: attach to (or create) the shared cache, the validation actor and
-the Ray Train workers, then gather everything into a report.
+"""Start one experiment: attach to (or create) the shared cache, the validation service and
+the training (Ray Train workers, or one worker in this process), then gather everything into a report.
 
 This is the driver side of ``smartcache train``. It owns no training arithmetic; it wires
 the pieces together, checks the request fits the cluster before anything starts, and
@@ -8,7 +8,6 @@ turns what the workers and the validation actor recorded into report files.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -21,7 +20,6 @@ import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-from tqdm.auto import tqdm
 
 from cache_service.sdk import Experiment, SmartCache
 from common.catalog import Catalog, fingerprint, load_catalog
@@ -33,9 +31,11 @@ from trainer.checkpoints import newest_loadable
 from trainer.failures import TrainingFailedError, WorkerFailureNote
 from trainer.predict import MODEL_FILE, save_model_file
 from trainer.report import RunReport, format_summary, summarise, write_outputs
-from trainer.validation_relay import ValidationRelay
+from trainer.progress import fit_with_progress
+from trainer.sessions import LocalSession
 from trainer.validation_service import ValidationService
-from trainer.worker import WorkerInput, train_loop_per_worker
+from trainer.validator_link import ActorValidator, LocalValidator, ValidatorLink
+from trainer.worker import WorkerInput, run_worker, train_loop_per_worker
 
 
 VALIDATOR_MAX_RESTARTS = 5
@@ -49,6 +49,7 @@ class LaunchOptions:
     info: dict[str, Any] | None = None  # more for the cache registry (a sweep trial says its sweep and trial)
     # called with each validation row (epoch, mean_dice, time_s, ...) as it arrives: a Tune trial reports it
     on_validation: Callable[[dict[str, Any]], None] | None = None
+    sweep_trial: bool = False  # training.runner=auto trains a one-worker sweep trial in its own process
 
 
 def in_channels_of(catalog: Catalog) -> int:
@@ -153,26 +154,38 @@ def _open_experiment(cfg: ExperimentConfig, catalog: Catalog, show_progress: boo
 
 
 def _start_validator(cfg: ExperimentConfig, fp: str, experiment_id: str, num_classes: int, in_channels: int,
-                     t_start: float, state_dir: Path, own_volumes: Any) -> Any:
-    """The experiment's validation actor, restarted in place if its process dies (calls in flight are retried
-    there); it reads its record back from ``state_dir``, so it stays on this node, where that folder is."""
-    return ray.remote(ValidationService).options(
+                     t_start: float, state_dir: Path, own_volumes: Any, in_process: bool) -> ValidatorLink:
+    """The experiment's validation service. In process: in this process, beside the loop. Otherwise an
+    actor, restarted in place if its process dies (calls in flight are retried there); it reads its record
+    back from ``state_dir``, so it stays on this node, where that folder is."""
+    args = (cfg, fp, experiment_id, num_classes, in_channels, t_start, str(state_dir), own_volumes)
+    if in_process:
+        return LocalValidator(ValidationService(*args))
+    return ActorValidator(ray.remote(ValidationService).options(
         name=f"validator-{experiment_id}", namespace=cfg.cache.namespace, max_concurrency=2,
         max_restarts=VALIDATOR_MAX_RESTARTS, max_task_retries=-1,
         scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
-        **validator_resources(cfg)).remote(cfg, fp, experiment_id, num_classes, in_channels, t_start,
-                                           str(state_dir), own_volumes)
+        **validator_resources(cfg)).remote(*args))
 
 
-def _release(validator: Any, exp: Experiment | None) -> None:
-    """Every way out of a run: kill the validator, detach the experiment (an unreachable cache has no one to tell)."""
+def _release(validator: ValidatorLink | None, exp: Experiment | None) -> None:
+    """Every way out of a run: end the validator, detach the experiment (an unreachable cache has no one to tell)."""
     if validator is not None:
-        ray.kill(validator)
+        validator.close()
     try:
         if exp is not None:
             exp.close()
     except CacheUnavailableError:
         pass
+
+
+def _fit(inp: WorkerInput, validator: ValidatorLink, experiment_id: str, opts: LaunchOptions,
+         in_process: bool) -> Callable[[], Any]:
+    """What trains: the loop in this process, or Ray Train's workers (whose ``fit`` returns a Result)."""
+    if in_process:
+        session = LocalSession(inp.config, opts.out_dir)
+        return lambda: run_worker(inp, session, validator)
+    return _trainer(inp, experiment_id).fit
 
 
 def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
@@ -190,6 +203,7 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
         cache, exp, fill_s = None, None, 0.0
         fp, experiment_id = fingerprint(catalog, cfg.preprocessing), f"{cfg.name}-{uuid.uuid4().hex[:6]}"
     validator = None
+    in_process = cfg.training.runs_in_process(opts.sweep_trial)
     try:  # from here on the experiment is registered: every way out releases it (and the validator)
         # the cache's own chain (CT statistics are read back from the stats folder, not recomputed): without a
         # cache, trainers and validation run it themselves, and model.pt records its normalisation for predict
@@ -198,7 +212,7 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
         own_volumes = None if cfg.cache.enabled else (list(catalog.val), prep)
         state_dir = contained_folder(opts.out_dir / "state", experiment_id)  # inside --out whatever the id
         validator = _start_validator(cfg, fp, experiment_id, num_classes, in_channels, t_start, state_dir,
-                                     own_volumes)
+                                     own_volumes, in_process)
         resume_from = newest_loadable(opts.out_dir) if opts.resume else None
         # the baseline (no cache): workers prepare every volume again every epoch
         inp = WorkerInput(cfg, exp, f"validator-{experiment_id}", num_classes, in_channels, t_start,
@@ -206,14 +220,12 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
                           records=() if cfg.cache.enabled else tuple(catalog.train),
                           preprocessor=None if cfg.cache.enabled else prep,
                           storage_path=str((opts.out_dir / "ray_results").resolve()))
-        result = _fit_with_progress(_trainer(inp, experiment_id), validator, cfg, opts.show_progress,
-                                    opts.on_validation)
+        result = fit_with_progress(_fit(inp, validator, experiment_id, opts, in_process), validator, cfg,
+                                   opts.show_progress, opts.on_validation)
         _raise_if_failed(result)
-        rows = ray.get(validator.train_rows.remote())
-        val_rows = ray.get(validator.history.remote())
-        example = ray.get(validator.example_case.remote())
-        best_weights = ray.get(validator.best_weights.remote())
-        faults = _faults_of(cache, experiment_id, ray.get(validator.faults.remote()))
+        rows, val_rows = validator.train_rows(), validator.history()
+        example, best_weights = validator.example_case(), validator.best_weights()
+        faults = _faults_of(cache, experiment_id, validator.faults())
     except (ray.exceptions.RayError, ray.train.TrainingFailedError) as err:
         raise TrainingFailedError(f"training of {experiment_id} failed: {_short(err)}") from err
     finally:
@@ -229,45 +241,6 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
     if opts.show_progress:
         print(format_summary(report))
     return report
-
-
-def _fit_with_progress(trainer: TorchTrainer, validator: Any, cfg: ExperimentConfig, show: bool,
-                       on_validation: Callable[[dict[str, Any]], None] | None = None) -> Any:
-    """Run ``trainer.fit()`` in a thread and show epochs, loss, Dice and ratio as they arrive.
-
-    ``on_validation`` sees every validation row once, in order, from this (the caller's) thread:
-    a Tune trial reports from here, and Tune ends a stopped trial by raising in that call.
-    """
-    box: dict[str, Any] = {}
-
-    def fit() -> None:
-        try:
-            box["result"] = trainer.fit()
-        except BaseException as err:  # re-raised in the caller's thread
-            box["error"] = err
-
-    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
-    thread.start()
-    relay = ValidationRelay(validator, on_validation)
-    shown: tuple[int, float | None] = (0, None)
-    with tqdm(total=cfg.training.epochs, desc="training", unit="epoch", disable=not show) as bar:
-        while thread.is_alive():
-            thread.join(timeout=2.0)
-            try:
-                rows = [r for r in ray.get(validator.train_rows.remote(), timeout=10) if r.get("rank", 0) == 0]
-                best = ray.get(validator.best.remote(), timeout=10)
-            except ray.exceptions.RayError:
-                continue
-            relay.poll()
-            if rows and (len(rows), best) != shown:  # draw each change once (set_postfix would draw it too)
-                shown, bar.n = (len(rows), best), len(rows)
-                bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}", ratio=f"{rows[-1]['ratio']:.2f}",
-                                best_dice="-" if best is None else f"{best:.3f}", refresh=False)
-                bar.refresh()
-    if "error" in box:
-        raise box["error"]
-    relay.poll()  # validations that finished between the last poll and the end of training
-    return box["result"]
 
 
 def _raise_if_failed(result: Any) -> None:

@@ -2,12 +2,18 @@
 
 The driver plans every trial up front (:mod:`trainer.sweep_plan`), fills one cache per
 fingerprint before any trial starts, then lets Tune run the trials. A trial is
-:func:`run_trial`: the same :func:`trainer.launcher.run_experiment` as ``smartcache train``
-(Ray Train workers, DDP when ``training.num_workers > 1``, and a validation actor beside
-them), reporting each validation's Dice to Tune so ASHA can stop bad trials early. The
+:func:`run_trial`: the same :func:`trainer.launcher.run_experiment` as ``smartcache train``,
+reporting each validation's Dice to Tune so ASHA can stop bad trials early. The
 caches are made here, in the driver, because a trial's placement group captures what the
 trial creates: a cache made in a trial would die with it. At the end the driver writes the
 results table, the Dice plot and the best config (:mod:`trainer.sweep_results`).
+
+Where a trial trains (``training.runner``): a one-worker trial runs its loop and its validation
+in the trial's own process, which Tune placed with the CPUs (and GPUs) of both, so a trial is one
+process instead of four (trial, Ray Train controller, worker, validation actor; each imports torch
+and MONAI, about 0.5 GB and seconds of start-up). A trial with several workers, or one with
+``training.runner: ray_train``, runs Ray Train inside the trial (DDP, worker restarts) with a
+validation actor beside it, and the trial's own process asks for little.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ray import tune
+from ray.tune import PlacementGroupFactory
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from cache_service.sdk import SmartCache
@@ -37,7 +44,7 @@ class SweepOptions:
     scheduler: Literal["asha", "fifo"] = "asha"
     grace_period: int = 1  # validations a trial always gets before ASHA may stop it
     reduction_factor: int = 2  # ASHA keeps the best 1/reduction_factor of the trials at each rung
-    trial_num_cpus: float = 0.1  # the trial's own process; its Ray Train workers and validator ask for theirs
+    trial_num_cpus: float = 0.1  # a Ray Train trial's own process; its workers and validator ask for theirs
     show_progress: bool = True
 
 
@@ -66,7 +73,7 @@ def run_trial(config: dict[str, Any], plan: SweepPlan, out_dir: str) -> None:
 
     info = {**trial_info(plan.name), "values": trial.values}
     opts = LaunchOptions(out_dir=Path(out_dir) / "trials" / trial.name, show_progress=False, info=info,
-                         on_validation=report)
+                         on_validation=report, sweep_trial=True)
     run_experiment(trial.config, opts)
 
 
@@ -122,6 +129,17 @@ class SweepProgress(tune.Callback):
         self._say(f"trial {o.index} error: {o.error} (full text: {path})")
 
 
+def trial_resources(trial: TrialPlan, opts: SweepOptions) -> PlacementGroupFactory:
+    """What Tune places a trial with: an in-process trial's loop and validation, or a Ray Train trial's driver."""
+    cfg = trial.config
+    if not cfg.training.runs_in_process(sweep_trial=True):
+        return PlacementGroupFactory([{"CPU": opts.trial_num_cpus}])
+    gpus = (cfg.training.worker_num_gpus if cfg.training.use_gpu else 0.0) + cfg.validation.gpus_for(
+        cfg.training.use_gpu)
+    return PlacementGroupFactory([{"CPU": cfg.training.worker_num_cpus + cfg.validation.num_cpus,
+                                   **({"GPU": gpus} if gpus else {})}])
+
+
 def make_scheduler(plan: SweepPlan, opts: SweepOptions) -> TrialScheduler:
     if opts.scheduler == "fifo":
         return FIFOScheduler()
@@ -161,7 +179,7 @@ def run_sweep(plan: SweepPlan, opts: SweepOptions) -> list[TrialOutcome]:
     fill_caches(plan, opts.show_progress)
     progress = SweepProgress(plan, opts.show_progress)
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan, out_dir=str(out)),
-                                    {"cpu": opts.trial_num_cpus})
+                                    lambda config: trial_resources(plan.trial(int(config["trial"])), opts))
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search([t.index for t in plan.trials])},

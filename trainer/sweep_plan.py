@@ -92,5 +92,7 @@ def format_plan(plan: SweepPlan) -> str:
                      "of its own (its own fill and memory)")
     for t in plan.trials:
         values = "  ".join(f"{k}={format_value(t.values[k])}" for k in plan.searched)
-        lines.append(f"  trial {t.index} ({t.name}): {values}  -> cache {t.fingerprint[:12]}")
+        where = "in the trial's process" if t.config.training.runs_in_process(sweep_trial=True) else (
+            f"Ray Train, {t.config.training.num_workers} worker(s)")
+        lines.append(f"  trial {t.index} ({t.name}): {values}  -> cache {t.fingerprint[:12]}, trains {where}")
     return "\n".join(lines)

@@ -1,7 +1,7 @@
-"""Pass the validation actor's rows on to a callback as they arrive (a Tune trial reports Dice from it).
+"""Pass the validation service's rows on to a callback as they arrive (a Tune trial reports Dice from it).
 
-The validation actor runs beside training and keeps every row; the launcher's progress loop
-polls it anyway, so a relay there costs one call per poll and needs no change in the actor.
+The validation service runs beside training and keeps every row; the launcher's progress loop
+polls it anyway, so a relay there costs one call per poll and needs no change in the service.
 """
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ from typing import Any, Callable
 
 import ray
 
+from trainer.validator_link import ValidatorLink
+
 
 class ValidationRelay:
-    """Hands each new validation row of the validation actor to a callback exactly once, in order."""
+    """Hands each new validation row of the validation service to a callback exactly once, in order."""
 
-    def __init__(self, validator: Any, callback: Callable[[dict[str, Any]], None] | None) -> None:
+    def __init__(self, validator: ValidatorLink, callback: Callable[[dict[str, Any]], None] | None) -> None:
         self.validator, self.callback, self.sent = validator, callback, 0
 
     def poll(self) -> None:
@@ -22,7 +24,7 @@ class ValidationRelay:
         if self.callback is None:
             return
         try:
-            rows = ray.get(self.validator.history.remote(), timeout=10)
+            rows = self.validator.history(timeout=10)
         except ray.exceptions.RayError:
             return
         for row in rows[self.sent:]:

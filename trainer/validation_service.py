@@ -1,7 +1,8 @@
-"""The validation actor: one per experiment, beside the trainers, never in their way.
+"""The validation service: one per experiment, beside the trainers, never in their way.
 
-A thin shell around :class:`trainer.validation.Validator`: it reads the validation
-volumes from the shared cache once (whole volumes, deterministic prefix only; without a
+Usually an actor of its own; in process (``training.runner``) an object in the trainer's
+process (:mod:`trainer.validator_link`). A thin shell around
+:class:`trainer.validation.Validator`: it reads the validation volumes from the shared cache once (whole volumes, deterministic prefix only; without a
 cache it prepares them itself, once, with the same preprocessor), runs when rank 0 hands
 it weights, keeps the best weights for the final picture, and publishes Dice, r_FP, r_FN
 and the next ratio to the cache registry, where the trainers pick the ratio up at their
@@ -42,6 +43,12 @@ from trainer.validation import Validator, predict_volume
 log = logging.getLogger(__name__)
 
 
+def _restarted_actor() -> bool:
+    """Whether this process is the validation actor, restarted by Ray (in process, it is no actor of its own)."""
+    ctx = ray.get_runtime_context()
+    return ctx.get_actor_id() is not None and ctx.was_current_actor_reconstructed
+
+
 class ValidationService:
     def __init__(self, cfg: ExperimentConfig, fingerprint: str, experiment_id: str, num_classes: int,
                  in_channels: int, t_start: float, state_dir: str,
@@ -57,7 +64,7 @@ class ValidationService:
         self._trainer_cause = ""
         self._volumes: list[PreparedVolume] | None = None
         self._val_refs: tuple[Any, ...] = ()
-        if ray.get_runtime_context().was_current_actor_reconstructed:
+        if _restarted_actor():
             last = max(self.state.val_rows, default=None)
             self.record_fault({"kind": "validator", "time": time.time(), "epoch": last, "cause":
                                f"the validation actor's process died; Ray restarted it (pid {os.getpid()}) with "

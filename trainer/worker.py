@@ -1,10 +1,12 @@
-"""The per-worker training loop that Ray Train runs under DDP (nanoGPT-style, top to bottom).
+"""The per-worker training loop, run by Ray Train under DDP or alone in the caller's process (nanoGPT-style).
 
-It uses the same public client as any user's loop (:class:`cache_service.sdk.Experiment`,
+Where it runs is its :class:`trainer.sessions.TrainSession` (rank, device, checkpoints), and
+how it reaches the validation service its :class:`trainer.validator_link.ValidatorLink`. It
+uses the same public client as any user's loop (:class:`cache_service.sdk.Experiment`,
 protocol in :mod:`cache_service.sdk.protocol`). Each epoch: iterate this rank's crop
 batches of the experiment's epoch snapshot (the same pool for every rank, cropped with
-the ratio the validation actor published), train, then rank 0 reports the epoch to the
-cache, hands the weights to the validation actor, checkpoints, and decides with the
+the ratio the validation service published), train, then rank 0 reports the epoch to the
+cache, hands the weights to the validation service, checkpoints, and decides with the
 others whether the target Dice has been reached.
 """
 
@@ -18,8 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import ray.train
-import ray.train.torch
 import torch
 import torch.distributed as dist
 
@@ -32,8 +32,10 @@ from trainer.checkpoints import load_checkpoint, write_checkpoint
 from trainer.failures import NonFiniteLossError
 from trainer.loader import PreprocessingBatchStream
 from trainer.model import AmpPolicy, build_loss, build_model, build_optimizer
+from trainer.sessions import RayTrainSession, TrainSession
 from trainer.staging import DeviceStager
 from trainer.steps import run_epoch, seed_everything
+from trainer.validator_link import ActorValidator, Pending, ValidatorLink
 
 #: the one key of Ray Train's ``train_loop_config`` (Ray records that argument as a dict)
 INPUT_KEY = "input"
@@ -100,15 +102,12 @@ def _checksum(model: torch.nn.Module) -> float:
 
 
 def _restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-             resume_from: str | None) -> int:
-    """Load Ray Train's checkpoint (after a worker restart) or the one to resume from; returns the next epoch."""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None and resume_from:
-        checkpoint = ray.train.Checkpoint.from_directory(resume_from)
-    if checkpoint is None:
+             session: TrainSession, resume_from: str | None) -> int:
+    """Load the checkpoint of a worker restart, or the one to resume from; returns the next epoch."""
+    folder = session.restart_checkpoint() or (Path(resume_from) if resume_from else None)
+    if folder is None:
         return 0
-    with checkpoint.as_directory() as d:
-        state = load_checkpoint(d)
+    state = load_checkpoint(folder)
     _unwrap(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
@@ -116,26 +115,26 @@ def _restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: t
 
 
 def _report(metrics: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-            scaler: torch.amp.GradScaler, rank: int, storage: str) -> None:
-    """Every rank reports; rank 0 attaches the checkpoint (model, optimiser, scaler, epoch), which Ray Train
-    copies under ``storage`` (the run folder)."""
-    if rank != 0:
-        ray.train.report(metrics)
+            scaler: torch.amp.GradScaler, session: TrainSession, storage: str) -> None:
+    """Every rank reports; rank 0 attaches the checkpoint (model, optimiser, scaler, epoch), which the
+    session copies under ``storage`` (the run folder)."""
+    if session.rank != 0:
+        session.report(metrics, None)
         return
     with tempfile.TemporaryDirectory() as d:
         write_checkpoint(Path(d), {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                                    "scaler": scaler.state_dict(), "epoch": metrics["epoch"]})
-        try:  # Ray Train copies the folder into the run folder here; a full disk fails in that copy
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        try:  # the session copies the folder into the run folder here; a full disk fails in that copy
+            session.report(metrics, Path(d))
         except OSError as err:
             where = err.filename or storage
             raise StorageError(str(where), f"could not store the epoch {metrics['epoch']} checkpoint "
                                            f"({err.strerror or err}); free space there or use another --out") from err
 
 
-def _shared_ratio(validator: Any, rank: int, device: torch.device) -> float:
-    """Without a cache: the validation actor's latest ratio as rank 0 reads it, the same on every rank."""
-    ratio = ray.get(validator.ratio.remote()) if rank == 0 else 0.0
+def _shared_ratio(validator: ValidatorLink, rank: int, device: torch.device) -> float:
+    """Without a cache: the validation service's latest ratio as rank 0 reads it, the same on every rank."""
+    ratio = validator.ratio() if rank == 0 else 0.0
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return ratio
     t = torch.tensor([ratio], dtype=torch.float64, device=device)
@@ -143,7 +142,7 @@ def _shared_ratio(validator: Any, rank: int, device: torch.device) -> float:
     return float(t.item())
 
 
-def _epoch_batches(inp: WorkerInput, validator: Any, epoch: int, rank: int, world: int, device: torch.device,
+def _epoch_batches(inp: WorkerInput, validator: ValidatorLink, epoch: int, rank: int, world: int, device: torch.device,
                    device_volumes: DeviceVolumes | None) -> tuple[Any, float, int]:
     """(batch stream, ratio, pool generation) for one epoch: this rank's crops of the experiment's snapshot
     (through the public API), or, without a cache (the baseline), from a DataLoader whose worker
@@ -166,10 +165,10 @@ class _Validations:
     """Rank 0's validation bookkeeping across epochs: the one in flight and the epoch last sent."""
 
     last_validated: int
-    pending: ray.ObjectRef | None = None
+    pending: Pending | None = None
 
 
-def _rank0_epoch_end(inp: WorkerInput, validator: Any, vals: _Validations, epoch: int, model: torch.nn.Module,
+def _rank0_epoch_end(inp: WorkerInput, validator: ValidatorLink, vals: _Validations, epoch: int, model: torch.nn.Module,
                      loss: float) -> bool:
     """Rank 0's duties after an epoch: report it to the cache, hand the weights to the validation actor
     (never queueing behind a running validation unless deterministic, or at the last epoch, whose
@@ -178,17 +177,18 @@ def _rank0_epoch_end(inp: WorkerInput, validator: Any, vals: _Validations, epoch
     if exp is not None:
         exp.finish_epoch(epoch, {"loss": loss}, rank=0)
     last = epoch == cfg.training.epochs - 1
-    if vals.pending is not None and (last or ray.wait([vals.pending], timeout=0)[0]):
-        ray.get(vals.pending)  # a validation that failed stops the run with its error; the last epoch's waits
+    if vals.pending is not None and (last or vals.pending.done()):
+        vals.pending.result()  # a validation that failed stops the run with its error; the last epoch's waits
         vals.pending = None
     due = epoch - vals.last_validated >= cfg.validation.interval or last
     if due and (cfg.training.deterministic or vals.pending is None):
         vals.last_validated = epoch
-        weights = ray.put({k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()})
-        vals.pending = validator.validate.remote(epoch, weights, time.time() - inp.t_start)
+        # a copy: training goes on while the weights are validated (in this process, for an in-process run)
+        weights = {k: v.detach().to("cpu", copy=True) for k, v in _unwrap(model).state_dict().items()}
+        vals.pending = validator.validate(epoch, weights, time.time() - inp.t_start)
         if cfg.training.deterministic:  # the ratio sequence must not depend on timing
-            ray.get(vals.pending)
-    best = ray.get(validator.best.remote())
+            vals.pending.result()
+    best = validator.best()
     limit = cfg.training.time_limit_s
     return (best is not None and best >= cfg.training.target_dice) or (
         limit is not None and time.time() - inp.t_start > limit)
@@ -203,25 +203,28 @@ def _placement(cfg: ExperimentConfig, device: torch.device) -> tuple[DeviceVolum
 
 
 def train_loop_per_worker(config: dict[str, WorkerInput]) -> None:
-    """One worker's run: build, restore, then per epoch train, let rank 0 validate and decide, checkpoint."""
+    """Ray Train's entry point: this worker's session and the experiment's validation actor, then the loop."""
     inp = config[INPUT_KEY]
-    cfg = inp.config
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    seed_everything(cfg.training.seed + 1000 * rank, cfg.training.deterministic)
-    device = ray.train.torch.get_device()
+    validator = ActorValidator(ray.get_actor(inp.validator_name, namespace=inp.config.cache.namespace))
+    run_worker(inp, RayTrainSession(), validator)
 
-    model = ray.train.torch.prepare_model(build_model(cfg.training, inp.in_channels, inp.num_classes))
+
+def run_worker(inp: WorkerInput, session: TrainSession, validator: ValidatorLink) -> None:
+    """One worker's run: build, restore, then per epoch train, let rank 0 validate and decide, checkpoint."""
+    cfg = inp.config
+    rank, world, device = session.rank, session.world_size, session.device
+    seed_everything(cfg.training.seed + 1000 * rank, cfg.training.deterministic)
+
+    model = session.prepare_model(build_model(cfg.training, inp.in_channels, inp.num_classes))
     optimizer = build_optimizer(cfg.training, model.parameters())
     loss_fn = build_loss(cfg.training.loss)
     amp = AmpPolicy.for_device(device, cfg.training)
     scaler = amp.scaler()
-    start_epoch = _restore(model, optimizer, scaler, inp.resume_from)
+    start_epoch = _restore(model, optimizer, scaler, session, inp.resume_from)
     device_volumes, stager = _placement(cfg, device)
 
-    validator = ray.get_actor(inp.validator_name, namespace=cfg.cache.namespace)
     if rank == 0:  # records a restart of the worker group (and its cost) if this is one
-        ray.get(validator.trainer_started.remote(start_epoch, time.time()))
+        validator.trainer_started(start_epoch, time.time())
     vals = _Validations(last_validated=start_epoch - cfg.validation.interval)
     for epoch in range(start_epoch, cfg.training.epochs):
         stream, ratio, generation = _epoch_batches(inp, validator, epoch, rank, world, device, device_volumes)
@@ -233,10 +236,10 @@ def train_loop_per_worker(config: dict[str, WorkerInput]) -> None:
         stop = _agree(_rank0_epoch_end(inp, validator, vals, epoch, model, stats.loss) if rank == 0 else False,
                       device)
         metrics = stats.metrics_row(time.time() - inp.t_start, rank, _checksum(model))
-        validator.record_train.remote(metrics)
+        validator.record_train(metrics)
         if stop or epoch == cfg.training.epochs - 1 or (epoch + 1) % cfg.training.checkpoint_every == 0:
-            _report(metrics, model, optimizer, scaler, rank, inp.storage_path)  # a collective: every rank
+            _report(metrics, model, optimizer, scaler, session, inp.storage_path)  # a collective: every rank
         if stop:
             break
     if vals.pending is not None:
-        ray.get(vals.pending)
+        vals.pending.result()

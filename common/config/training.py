@@ -60,6 +60,12 @@ class TrainingConfig(Section):
     max_failures: Annotated[Int, rule(lambda v: v >= -1, "an integer >= 0, or -1 to restart the worker group "
                                                          "without limit")] = 3
     """Worker-group restarts (from the last checkpoint) Ray Train makes before giving up."""
+    runner: Literal["auto", "ray_train", "in_process"] = "auto"
+    """Where the training loop runs. ray_train: Ray Train workers (DDP, restarted from the last checkpoint
+    when one dies) and a validation actor of its own. in_process: one worker in the calling process, with
+    validation in a thread of that process; no worker or validator process to start (about 0.5 GB and
+    seconds of imports each), but a crash ends the run. auto: in_process for a one-worker sweep trial
+    (the trial is already a process Ray placed), ray_train otherwise."""
 
     @model_validator(mode="before")
     @classmethod
@@ -70,6 +76,19 @@ class TrainingConfig(Section):
             if isinstance(optimizer, str) and optimizer in DEFAULT_LR:
                 return {**data, "lr": DEFAULT_LR[optimizer]}
         return data
+
+    def runs_in_process(self, sweep_trial: bool) -> bool:
+        """Whether the loop runs in the caller's process (``runner``; auto decides by ``sweep_trial``)."""
+        if self.runner == "auto":
+            return sweep_trial and self.num_workers == 1
+        return self.runner == "in_process"
+
+    @model_validator(mode="after")
+    def _in_process_is_one_worker(self) -> Self:
+        if self.runner == "in_process" and self.num_workers != 1:
+            raise problem("in_process runs one worker; set training.num_workers=1 or training.runner=ray_train "
+                          f"(DDP over {self.num_workers} workers)", "runner", self.runner)
+        return self
 
     @model_validator(mode="after")
     def _one_stride_per_level(self) -> Self:

@@ -1,0 +1,59 @@
+"""Run the training (Ray Train's ``fit`` or the in-process loop) in a thread and show it as it goes.
+
+The caller's thread draws the progress bar from the validation service's rows and hands each
+validation row on (a Tune trial reports Dice from there, and Tune ends a stopped trial by
+raising in that call, in the caller's thread, as it expects).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+import ray
+from tqdm.auto import tqdm
+
+from common.config import ExperimentConfig
+from trainer.validation_relay import ValidationRelay
+from trainer.validator_link import ValidatorLink
+
+POLL_S = 2.0  # seconds between progress polls
+TIMEOUT_S = 10.0  # a poll that takes longer (the validation actor restarting) is skipped
+
+
+def fit_with_progress(fit: Callable[[], Any], validator: ValidatorLink, cfg: ExperimentConfig, show: bool,
+                      on_validation: Callable[[dict[str, Any]], None] | None = None) -> Any:
+    """``fit()``'s result; epochs, loss, Dice and ratio drawn as they arrive.
+
+    ``on_validation`` sees every validation row once, in order, from this (the caller's) thread.
+    """
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = fit()
+        except BaseException as err:  # re-raised in the caller's thread
+            box["error"] = err
+
+    thread = threading.Thread(target=run, name="training-fit", daemon=True)
+    thread.start()
+    relay = ValidationRelay(validator, on_validation)
+    shown: tuple[int, float | None] = (0, None)
+    with tqdm(total=cfg.training.epochs, desc="training", unit="epoch", disable=not show) as bar:
+        while thread.is_alive():
+            thread.join(timeout=POLL_S)
+            try:
+                rows = [r for r in validator.train_rows(timeout=TIMEOUT_S) if r.get("rank", 0) == 0]
+                best = validator.best(timeout=TIMEOUT_S)
+            except ray.exceptions.RayError:
+                continue
+            relay.poll()
+            if rows and (len(rows), best) != shown:  # draw each change once (set_postfix would draw it too)
+                shown, bar.n = (len(rows), best), len(rows)
+                bar.set_postfix(loss=f"{rows[-1]['loss']:.3f}", ratio=f"{rows[-1]['ratio']:.2f}",
+                                best_dice="-" if best is None else f"{best:.3f}", refresh=False)
+                bar.refresh()
+    if "error" in box:
+        raise box["error"]
+    relay.poll()  # validations that finished between the last poll and the end of training
+    return box["result"]
