@@ -24,6 +24,9 @@ class ArmResult:
     validation_s: float
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before and after the arm
     history: tuple[tuple[float, float], ...] = ()  # (seconds since the arm started, mean Dice) per validation
+    # mean compute seconds per step in epochs that a validation beside training overlapped (by at least half)
+    # and in epochs it did not overlap at all; None where there is no such epoch (or validation runs inline)
+    step_s_beside: tuple[float | None, float | None] = (None, None)
 
     def time_to(self, dice: float) -> float | None:
         """Seconds until a validation first reached ``dice`` (None if none did)."""

@@ -76,6 +76,31 @@ def _steps(out: Path, until_s: float | None) -> tuple[int, int | None, float]:
     return total, sum(r["steps"] for r in train if r["time_s"] <= until_s), step_s
 
 
+def _overlap(a0: float, a1: float, spans: list[tuple[float, float]]) -> float:
+    """Seconds of [a0, a1] covered by the (disjoint) spans."""
+    return sum(max(0.0, min(a1, b1) - max(a0, b0)) for b0, b1 in spans)
+
+
+def step_s_beside(rows: list[dict]) -> tuple[float | None, float | None]:
+    """Compute seconds per step of rank 0's epochs with a validation running beside them for at least half the
+    epoch, and of those with none running at all: does the validation beside training slow its steps?
+
+    An epoch spans from the previous epoch's end to its own (the first epoch, whose start is not
+    recorded, is left out); a validation from its end minus its duration to its end.
+    """
+    train = sorted((r for r in rows if r["kind"] == "train" and r.get("rank", 0) == 0), key=lambda r: r["epoch"])
+    spans = [(r["time_s"] - r["seconds"], r["time_s"]) for r in rows if r["kind"] == "validation"]
+    beside: list[tuple[float, int]] = []
+    alone: list[tuple[float, int]] = []
+    for prev, row in zip(train, train[1:]):
+        length = row["time_s"] - prev["time_s"]
+        covered = _overlap(prev["time_s"], row["time_s"], spans) / length if length > 0 else 0.0
+        if covered >= 0.5 or covered == 0.0:
+            (beside if covered else alone).append((row["step_seconds"], row["steps"]))
+    mean = [sum(s for s, _ in group) / sum(n for _, n in group) if group else None for group in (beside, alone)]
+    return mean[0], mean[1]
+
+
 def run_arm(arm: str, config_path: str | None, out: Path, overrides: list[str], time_limit: float) -> ArmResult:
     """One arm through the project's launcher (every arm but monai-fast)."""
     from cache_service.client import stop_caches
@@ -95,7 +120,8 @@ def run_arm(arm: str, config_path: str | None, out: Path, overrides: list[str], 
                      tuple(report.dice_per_class.values()), report.epochs, total, report.wall_seconds,
                      report.cache_fill_seconds, report.data_wait_fraction, step_s, report.validation_seconds,
                      (load0, os.getloadavg()[0]),
-                     tuple((r["time_s"], r["mean_dice"]) for r in _rows(out / arm) if r["kind"] == "validation"))
+                     tuple((r["time_s"], r["mean_dice"]) for r in _rows(out / arm) if r["kind"] == "validation"),
+                     step_s_beside(_rows(out / arm)))
 
 
 def run_monai_arm(config_path: str | None, overrides: list[str], catalog: Catalog, time_limit: float) -> ArmResult:
@@ -133,8 +159,8 @@ def format_table(results: list[ArmResult], target: float, time_limit: float,
     lines = [f"target mean foreground Dice {target:g}, time limit {time_limit:.0f} s per arm",
              "| arm | reached | time to target (s) | steps to target | speed-up vs baseline | best Dice (per class) | "
              f"time to Dice {reach} (s) | epochs | steps | wall (s) | cache fill (s) | data wait | "
-             "compute per step (s) | validation (s) | load avg before/after |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "compute per step (s) | ... with a validation beside / none | validation (s) | load avg before/after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if base is None or r.time_to_target_s is None:
             speed = "n/a"
@@ -145,9 +171,10 @@ def format_table(results: list[ArmResult], target: float, time_limit: float,
         ttt = f"{r.time_to_target_s:.0f}" if r.time_to_target_s is not None else f"not in {time_limit:.0f}"
         per_class = ", ".join(f"{d:.2f}" for d in r.dice_per_class)
         times = " / ".join("-" if r.time_to(m) is None else f"{r.time_to(m):.0f}" for m in milestones)
+        beside = " / ".join("-" if v is None else f"{v:.2f}" for v in r.step_s_beside)
         lines.append(f"| {r.arm} | {'yes' if r.reached else 'no'} | {ttt} | {r.steps_to_target or '-'} | {speed} | "
                      f"{r.best_dice:.3f} ({per_class}) | {times} | {r.epochs} | {r.steps} | {r.wall_s:.0f} | {r.fill_s:.0f} | "
-                     f"{100 * r.wait_fraction:.1f} % | {r.step_s:.2f} | {r.validation_s:.0f} | "
+                     f"{100 * r.wait_fraction:.1f} % | {r.step_s:.2f} | {beside} | {r.validation_s:.0f} | "
                      f"{r.load[0]:.1f} / {r.load[1]:.1f} |")
     return "\n".join(lines)
 

@@ -39,3 +39,19 @@ def test_pass_steps_cover_the_training_set_per_worker(ttd, tmp_path):
     catalog = load_catalog(tmp_path, cfg.data)  # 8 training cases: 4 per worker, 12 crops, 6 steps
     assert time_to_dice.pass_steps(cfg, catalog) == 6
     assert "8 training / 2 validation cases" in time_to_dice.regime(cfg, catalog)
+
+
+def test_step_time_with_and_without_a_validation_beside(ttd):
+    _, time_to_dice = ttd
+    rows = [{"kind": "train", "rank": 0, "epoch": e, "time_s": 10.0 * (e + 1), "step_seconds": s, "steps": 10}
+            for e, s in enumerate([9.0, 2.0, 6.0, 8.0, 3.0])]
+    rows += [{"kind": "train", "rank": 1, "epoch": 1, "time_s": 20.0, "step_seconds": 99.0, "steps": 10},
+             {"kind": "validation", "time_s": 38.0, "seconds": 14.0},  # 24-38: 6 s of epoch 2 (20-30), 8 s of 3
+             {"kind": "validation", "time_s": 50.0, "seconds": 3.0}]  # 47-50: 3 s of epoch 4 (40-50), too little
+    # epoch 0 has no recorded start; epoch 1 (10-20) none beside; 2 (20-30) 60 %; 3 (30-40) 80 %; 4 (40-50) 30 %
+    assert time_to_dice.step_s_beside(rows) == (pytest.approx((6.0 + 8.0) / 20), pytest.approx(2.0 / 10))
+    assert time_to_dice.step_s_beside(rows[:1]) == (None, None)  # one epoch: no start recorded
+    arm_result, _ = ttd
+    full = _arm(arm_result, "full", 50.0, ((20.0, 0.62),))
+    full.step_s_beside = (0.7, 0.35)
+    assert "| 0.30 | 0.70 / 0.35 |" in time_to_dice.format_table([full], 0.6, 300.0)
