@@ -11,6 +11,8 @@ computed once before the arms (every arm would otherwise repeat the same pass).
                 training volume with cached fg/bg indices, ThreadDataLoader, DiceCE, Novograd
   full          shared SmartCache (rotating when cache_num < N), adaptive pos:neg ratio, NovoGrad
                 at its default lr, AMP where the device has it
+  full-in-process  full, with its one worker and its validation in the launching process
+                (training.runner=in_process: no Ray Train worker or validation actor to start)
   no-cache      full, but trainers load and preprocess every volume every epoch
   no-adaptive   full, but the ratio stays 1:1
   no-novograd   full, but Adam
@@ -54,6 +56,7 @@ ARMS: dict[str, list[str]] = {
     "baseline": ["cache.enabled=false", "sampler.adaptive=false", *ADAM, "training.amp=false"],
     MONAI_FAST: [*ADAM, "training.amp=true"],  # benchmarks/monai_fast.py: Novograd at 10x this (Adam's) lr, DiceCE
     "full": [*FULL_METHOD],
+    "full-in-process": [*FULL_METHOD, "training.runner=in_process"],
     "no-cache": ["cache.enabled=false", *FULL_METHOD],
     "no-adaptive": ["sampler.adaptive=false", *FULL_METHOD],
     "no-novograd": [*FULL_METHOD, *ADAM],

@@ -74,7 +74,7 @@ class SmartCacheService:
         budget, budget_note = budget_for_store(int(self.cfg.byte_budget), smallest_object_store())
         self.book = CacheBook(train_ids, [r.item_id for r in spec.catalog.val], self.cfg.pool_size(len(train_ids)),
                               self.cfg.replace_rate, budget, self.cfg.replace_workers,
-                              np.random.default_rng(spec.seed))
+                              np.random.default_rng(spec.seed), self.cfg.fill_workers or os.cpu_count() or 1)
         if budget_note:  # a default budget fitted to the store is no news; one the user asked for is
             log.log(logging.WARNING if "byte_budget" in self.cfg.model_fields_set else logging.INFO, budget_note)
             self.book.store_message = budget_note

@@ -66,11 +66,13 @@ class CacheBook:
     """Pool, replacements, validation volumes, budget and counters of one cache."""
 
     def __init__(self, train_ids: Sequence[str], val_ids: Sequence[str], cache_num: int, replace_rate: float,
-                 byte_budget: int, replace_workers: int, rng: np.random.Generator) -> None:
+                 byte_budget: int, replace_workers: int, rng: np.random.Generator,
+                 fill_workers: int | None = None) -> None:
         self.plan = RotationPlan(list(train_ids), cache_num, replace_rate, rng)
         self.cache_num = self.plan.capacity
         self.train_total, self.val_ids = len(train_ids), tuple(val_ids)
         self.byte_budget, self.replace_workers = int(byte_budget), replace_workers
+        self.fill_workers = fill_workers  # None: the whole fill at once (Ray's resources alone limit it)
         self.entries: dict[str, Entry] = {}  # pool members and ready replacements
         self.val_entries: dict[str, Entry] = {}
         self.in_flight: set[str] = set()
@@ -91,11 +93,15 @@ class CacheBook:
 
     # ---- what to prepare -------------------------------------------------------------------
     def next_train_jobs(self) -> list[str]:
-        """Pool fill first, then the next R replacements, at most ``replace_workers`` beyond the fill."""
+        """Pool fill first, then the next R replacements, at most ``replace_workers`` beyond the fill and
+        at most ``fill_workers`` in flight while filling (each task is a process holding torch, MONAI and a
+        raw volume, and preparing is CPU-bound: more tasks than cores cost memory and start-up, not time)."""
         skip = set(self.entries) | self.in_flight | self.blocked
         todo = [i for i in self.plan.wanted() if i not in skip]
-        room = max(0, self.plan.deficit + self.replace_workers - len(self.in_flight))
-        return todo[:room]
+        most = self.plan.deficit + self.replace_workers
+        if self.fill_workers is not None:
+            most = min(most, max(self.fill_workers, self.replace_workers))
+        return todo[:max(0, most - len(self.in_flight))]
 
     def next_val_jobs(self) -> list[str]:
         """Validation volumes once the pool is warm (training needs the pool first)."""

@@ -30,6 +30,11 @@ class CacheConfig(Section):
     byte_budget: PositiveBytes = 8 * GiB
     """The pool never holds more; written as a number or with a unit ("8GiB", "512MB")."""
     replace_workers: Annotated[Int, rule(lambda v: v >= 1, "an integer >= 1")] = 2
+    fill_workers: Annotated[Int, rule(lambda v: v >= 1, "an integer >= 1, or null for the node's CPU cores")
+                            ] | None = None
+    """Preparation tasks at once while the pool fills; null: the CPU cores of the cache's node. Each task is a
+    process holding torch, MONAI and a raw volume (0.6-0.8 GB for a CT), and preparing is CPU-bound, so tasks
+    beyond the cores cost memory and start-up, not time."""
     disk_dir: Str | None = "auto"
     """The disk tier's folder: "auto" is <user cache>/volumes on each node; null: no disk tier."""
     disk_budget: PositiveBytes = 20 * GiB

@@ -82,3 +82,34 @@ def test_sweep_on_one_cache_with_asha(ray_cluster: str, tmp_path: Path) -> None:
         assert best.name == f"acc-t{winner['index']}"
     finally:
         stop_caches(namespace)
+
+
+@pytest.mark.timeout(600)
+def test_one_worker_trials_train_in_their_own_process(ray_cluster: str, tmp_path: Path) -> None:
+    """training.runner: auto with one worker: no Ray Train run and no validation actor per trial, the same
+    results table, and every trial's Dice reported to Tune from its in-process validation."""
+    data = make_demo_data(tmp_path / "data", cases=6, size=40, seed=1)
+    namespace = f"sweep-{uuid.uuid4().hex[:6]}"
+    base = BASE.replace("NAMESPACE", namespace).replace("STATS", str(tmp_path / "st"))
+    base = base.replace("num_workers: 2, worker_num_cpus: 0.2", "num_workers: 1, worker_num_cpus: 0.4")
+    (tmp_path / "base.yaml").write_text(base.replace("epochs: 8", "epochs: 4"))
+    (tmp_path / "space.yaml").write_text("training.lr: grid([1e-2, 3e-3])\n")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "trainer.cli", "sweep", "--data", str(data), "--config", str(tmp_path / "base.yaml"),
+           "--space", str(tmp_path / "space.yaml"), "--trials", "1", "--concurrent", "2", "--scheduler", "fifo",
+           "--out", str(out), "--name", "inp", "--address", ray_cluster]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=540, cwd=tmp_path)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert done.stdout.count("trains in the trial's process") == 2  # the plan says where each trains
+        assert len(cache_actor_names(namespace)) == 1
+        rows = json.loads((out / "results.json").read_text())
+        assert [r["state"] for r in rows] == ["done", "done"] and all(len(r["history"]) == 3 for r in rows), rows
+        for r in rows:
+            trial = out / "trials" / f"inp-t{r['index']}"
+            assert not (trial / "ray_results").exists()  # no Ray Train run inside the trial
+            assert sorted(p.name for p in (trial / "checkpoints").iterdir())  # its checkpoints, for --resume
+            report = json.loads((trial / "report.json").read_text())
+            assert report["epochs"] == 4 and report["best_mean_dice"] == pytest.approx(r["best_dice"])
+    finally:
+        stop_caches(namespace)

@@ -112,3 +112,18 @@ def test_registry_ratio_history_and_idle_clock() -> None:
     assert reg.unregister("a", now=30.0) and reg.last_detach is None or len(reg) == 1
     assert reg.unregister("b", now=31.0) and reg.last_detach == 31.0
     assert not reg.unregister("b", now=32.0)
+
+
+def test_the_fill_keeps_at_most_fill_workers_tasks_in_flight() -> None:
+    """A pool of 6 filled two tasks at a time (a 2-core node), then R = 3 replacements one beyond the fill
+    at a time (replace_workers = 1 is below fill_workers, so the fill's cap holds there too)."""
+    book = CacheBook(IDS, [], 6, 0.5, 10**9, replace_workers=1, rng=np.random.default_rng(0), fill_workers=2)
+    first = book.next_train_jobs()
+    assert len(first) == 2
+    for item in first:
+        book.started(item)
+    assert book.next_train_jobs() == []  # both slots busy
+    book.accept(PrepMeta(first[0], 100, 1.0), "ref")
+    assert len(book.next_train_jobs()) == 1
+    unlimited = CacheBook(IDS, [], 6, 0.5, 10**9, replace_workers=1, rng=np.random.default_rng(0))
+    assert len(unlimited.next_train_jobs()) == 7  # the whole fill plus one replacement at once
