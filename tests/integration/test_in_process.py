@@ -43,6 +43,7 @@ def test_an_in_process_run_validates_hands_the_ratio_over_and_resumes(ray_cluste
         assert (out / name).is_file(), name
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_in_process_and_ray_train_give_the_same_losses(ray_cluster, demo_root, stats_dir, tmp_path):
     """The same loop either way: one deterministic worker sees the same crops and computes the same losses."""
