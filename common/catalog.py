@@ -168,8 +168,9 @@ def file_identity(path: str) -> tuple[str, int, int]:
 
 
 #: what a prepared volume holds; bump it when that changes (v2: background indices from a user's
-#: ``FgBgToIndicesd``), so disk-tier files written by an older version are never taken for current ones
-PREPARED_FORMAT = 2
+#: ``FgBgToIndicesd``; v3: the cache's own background indices inside the body only), so disk-tier
+#: files written by an older version are never taken for current ones
+PREPARED_FORMAT = 3
 
 
 def fingerprint(catalog: Catalog, prep: PreprocessConfig, chain: str | None = None) -> str:

@@ -35,7 +35,7 @@ from common.catalog import Catalog, Record
 from common.config import MAX_VOXELS, PreprocessConfig
 from common.errors import DataError, describe_error, root_cause
 from common.nifti import LoadCheckedPaird, load_checked_pair
-from common.volume import PreparedVolume, adopt_background, class_voxel_indices
+from common.volume import PreparedVolume, adopt_background, body_mask, class_voxel_indices
 
 STATS_SAMPLES_PER_VOLUME = 200_000
 
@@ -196,8 +196,10 @@ def finish_volume(d: dict, item_id: str, num_classes: int, patch_size: Sequence[
     affine = np.asarray(getattr(d["image"], "affine", np.eye(4)), dtype=np.float64)
     original_affine = d.get("original_affine", meta.get("original_affine", affine))
     original_shape = d.get("original_shape", meta.get("spatial_shape", image.shape[1:]))
-    indices, counts = class_voxel_indices(label, num_classes, image.nbytes)
-    if background_key is not None and background_key in d:
+    own_background = background_key is None or background_key not in d
+    indices, counts = class_voxel_indices(label, num_classes, image.nbytes,
+                                          body=body_mask(image, label[0]) if own_background else None)
+    if not own_background:
         adopted = adopt_background(indices, _flat_indices(d[background_key]), label)
         if adopted is None:
             log.warning("%s: the prefix's %s does not index this label's background (a spatial step after "

@@ -77,12 +77,14 @@ def require_all_fit(volumes: Sequence[PreparedVolume], patch_size: Sequence[int]
                        files={v.item_id: v.source.get("image") or v.item_id for v in volumes})
 
 
-def class_voxel_indices(label: np.ndarray, num_classes: int, image_nbytes: int,
-                        seed: int = 0) -> tuple[tuple[np.ndarray, ...], tuple[int, ...]]:
+def class_voxel_indices(label: np.ndarray, num_classes: int, image_nbytes: int, seed: int = 0,
+                        body: np.ndarray | None = None) -> tuple[tuple[np.ndarray, ...], tuple[int, ...]]:
     """Flat indices per class, subsampled so that together they stay under 25 % of the image bytes.
 
     Every class keeps at least a share of the budget, so a tiny lesion class keeps all its
     voxels while a huge background is thinned uniformly (a fixed seed keeps it deterministic).
+    ``body`` (a mask of the label's shape) limits the background's indices, the negative crop
+    centres, to voxels inside it; the counts stay those of the label.
     """
     flat = np.ascontiguousarray(label).reshape(-1)
     dtype = np.int32 if flat.size < 2**31 else np.int64
@@ -91,12 +93,31 @@ def class_voxel_indices(label: np.ndarray, num_classes: int, image_nbytes: int,
     rng = np.random.default_rng(seed)
     indices, counts = [], []
     for c in range(num_classes):
-        idx = np.flatnonzero(flat == c)
-        counts.append(int(idx.size))
+        is_c = flat == c
+        counts.append(int(np.count_nonzero(is_c)))
+        if c == 0 and body is not None:
+            is_c &= np.ascontiguousarray(body).reshape(-1)
+        idx = np.flatnonzero(is_c)
         if idx.size > per_class_cap:
             idx = np.sort(rng.choice(idx, size=per_class_cap, replace=False))
         indices.append(idx.astype(dtype))
     return tuple(indices), tuple(counts)
+
+
+def body_mask(image: np.ndarray, label: np.ndarray, min_share: float = 0.05) -> np.ndarray | None:
+    """Voxels above their channel's minimum in any channel, where negative crops are worth centring.
+
+    After CT clipping and scaling the air around the body sits at the minimum (two thirds of the
+    background of an MSD-sized CT at 2 mm), and a crop centred there teaches little; MONAI's
+    fast-training recipe keeps such centres out the same way (``FgBgToIndicesd`` with an image
+    threshold). None (use the whole background) when the mask keeps under ``min_share`` of the
+    background, e.g. an image that is at its minimum almost everywhere.
+    """
+    lows = image.reshape(image.shape[0], -1).min(axis=1).reshape(-1, *([1] * (image.ndim - 1)))
+    body = (image > lows).any(axis=0)
+    background = label.reshape(body.shape) == 0
+    kept = np.count_nonzero(body & background)
+    return body if kept >= min_share * max(1, np.count_nonzero(background)) else None
 
 
 def adopt_background(indices: tuple[np.ndarray, ...], background: np.ndarray,

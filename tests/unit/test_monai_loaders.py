@@ -130,6 +130,7 @@ def test_the_users_fgbg_background_indices_are_used_for_negatives(tmp_path, make
     from common.preprocess import Preprocessor
 
     image = np.zeros((12, 12, 12), np.float32)
+    image[1:11, 1:11, 1:11] = 0.3  # a dim shell, above the air but below the user's threshold
     image[2:10, 2:10, 2:10] = 1.0  # the body; outside it is air
     label = np.zeros((12, 12, 12), np.uint8)
     label[4:6, 4:6, 4:6] = 1
@@ -141,9 +142,10 @@ def test_the_users_fgbg_background_indices_are_used_for_negatives(tmp_path, make
     plain = [LoadImaged(keys=keys), EnsureChannelFirstd(keys=keys)]
     masked = Compose([*plain, FgBgToIndicesd(keys="label", image_key="image", image_threshold=0.5)])
     inside = Preprocessor(PreprocessConfig(), 2, "none", None, chain=masked)(record)
-    everywhere = Preprocessor(PreprocessConfig(), 2, "none", None, chain=Compose(plain))(record)
-    body = inside.image[0].reshape(-1) > 0.5
-    assert body[inside.background_indices()].all()  # negatives only inside the body, as MONAI draws them
-    assert not body[everywhere.background_indices()].all()
+    own = Preprocessor(PreprocessConfig(), 2, "none", None, chain=Compose(plain))(record)
+    values = inside.image[0].reshape(-1)
+    assert (values[inside.background_indices()] > 0.5).all()  # the user's threshold, as MONAI draws them
+    own_values = values[own.background_indices()]
+    assert (own_values > 0).all() and not (own_values > 0.5).all()  # the cache's own rule: above the air
     assert (inside.label.reshape(-1)[inside.background_indices()] == 0).all()
-    assert inside.class_counts == everywhere.class_counts  # the label's own counts are unchanged
+    assert inside.class_counts == own.class_counts  # the label's own counts are unchanged
