@@ -38,6 +38,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import time
 import uuid
 from dataclasses import replace
@@ -110,8 +111,12 @@ def run_arm(arm: str, config_path: str | None, out: Path, overrides: list[str], 
     from trainer.launcher import LaunchOptions, run_experiment
 
     load0 = os.getloadavg()[0]
+    # a disk tier of the arm's own, empty at its start (as on a first run): an arm never reads volumes
+    # that an earlier arm prepared (the default tier is shared by every run on the machine)
+    disk = (out / arm / "disk_tier").resolve()
+    shutil.rmtree(disk, ignore_errors=True)
     cfg = load_config(config_path, [f"name={arm}", f"cache.namespace=ttd-{uuid.uuid4().hex[:6]}",
-                                    f"training.time_limit_s={time_limit}",
+                                    f"cache.disk_dir={disk}", f"training.time_limit_s={time_limit}",
                                     "training.epochs=100000",  # the time limit, not an epoch cap, ends an arm
                                     *ARMS[arm], *overrides])
     try:
