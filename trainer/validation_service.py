@@ -2,8 +2,9 @@
 
 Usually an actor of its own; in process (``training.runner``) an object in the trainer's
 process (:mod:`trainer.validator_link`). A thin shell around
-:class:`trainer.validation.Validator`: it reads the validation volumes from the shared cache once (whole volumes, deterministic prefix only; without a
-cache it prepares them itself, once, with the same preprocessor), runs when rank 0 hands
+:class:`trainer.validation.Validator`: it reads the validation volumes from the shared cache
+once (whole volumes, deterministic prefix only; without a cache it prepares them itself,
+once, with the same preprocessor), runs when rank 0 hands
 it weights, keeps the best weights for the final picture, and publishes Dice, r_FP, r_FN
 and the next ratio to the cache registry, where the trainers pick the ratio up at their
 next epoch (without a cache, from :meth:`ratio`). Run as a threaded actor so ``best()``

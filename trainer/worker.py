@@ -142,8 +142,8 @@ def _shared_ratio(validator: ValidatorLink, rank: int, device: torch.device) -> 
     return float(t.item())
 
 
-def _epoch_batches(inp: WorkerInput, validator: ValidatorLink, epoch: int, rank: int, world: int, device: torch.device,
-                   device_volumes: DeviceVolumes | None) -> tuple[Any, float, int]:
+def _epoch_batches(inp: WorkerInput, validator: ValidatorLink, epoch: int, rank: int, world: int,
+                   device: torch.device, device_volumes: DeviceVolumes | None) -> tuple[Any, float, int]:
     """(batch stream, ratio, pool generation) for one epoch: this rank's crops of the experiment's snapshot
     (through the public API), or, without a cache (the baseline), from a DataLoader whose worker
     processes load and preprocess every volume again."""
@@ -168,8 +168,8 @@ class _Validations:
     pending: Pending | None = None
 
 
-def _rank0_epoch_end(inp: WorkerInput, validator: ValidatorLink, vals: _Validations, epoch: int, model: torch.nn.Module,
-                     loss: float) -> bool:
+def _rank0_epoch_end(inp: WorkerInput, validator: ValidatorLink, vals: _Validations, epoch: int,
+                     model: torch.nn.Module, loss: float) -> bool:
     """Rank 0's duties after an epoch: report it to the cache, hand the weights to the validation actor
     (never queueing behind a running validation unless deterministic, or at the last epoch, whose
     weights are always validated), and decide whether to stop."""
