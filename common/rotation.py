@@ -75,12 +75,17 @@ class RotationPlan:
         return tuple(list(self._waiting)[: self.deficit + self.replace_num])
 
     def fill(self, ready: Collection[str]) -> tuple[str, ...]:
-        """Move ready items among the first ``deficit`` of the queue into free slots; returns the ids added.
+        """Move the ready head of the queue into free slots, in queue order; returns the ids added.
 
-        Only the queue head may fill, so the pool after warm-up does not depend on which
-        preparation finished first.
+        Only the queue head may fill, and only in its order (an item ready before the one ahead
+        of it waits for it), so neither the pool nor its order, which every consumer's epoch
+        shuffle starts from, depends on which preparation finished first.
         """
-        added = [i for i in list(self._waiting)[: self.deficit] if i in ready]
+        added = []
+        for item in list(self._waiting)[: self.deficit]:
+            if item not in ready:
+                break
+            added.append(item)
         for item in added:
             self._waiting.remove(item)
             self._pool.append(item)

@@ -46,15 +46,15 @@ def test_an_in_process_run_validates_hands_the_ratio_over_and_resumes(ray_cluste
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_in_process_and_ray_train_give_the_same_losses(ray_cluster, demo_root, stats_dir, tmp_path):
-    """The same loop either way: one deterministic worker sees the same crops and computes the same losses."""
+    """The same loop either way: one deterministic worker sees the same crops and computes the same losses,
+    each run on a cache of its own (the pool's order does not depend on which volume was prepared first)."""
     losses = {}
-    cfg = _one_worker(demo_root, stats_dir, "in_process", epochs=2)
-    try:
-        for runner in ("in_process", "ray_train"):
-            run_cfg = cfg.replace(training=cfg.training.replace(runner=runner))
-            run_experiment(run_cfg, LaunchOptions(tmp_path / runner, show_progress=False))
-            losses[runner] = [(r["epoch"], r["loss"]) for r in _rows(tmp_path / runner, "train")]
-    finally:
-        stop_caches(cfg.cache.namespace)
+    for runner in ("in_process", "ray_train"):
+        cfg = _one_worker(demo_root, stats_dir, runner, epochs=2)
+        try:
+            run_experiment(cfg, LaunchOptions(tmp_path / runner, show_progress=False))
+        finally:
+            stop_caches(cfg.cache.namespace)
+        losses[runner] = [(r["epoch"], r["loss"]) for r in _rows(tmp_path / runner, "train")]
     assert len(losses["in_process"]) == 2
     assert losses["in_process"] == losses["ray_train"]

@@ -111,6 +111,20 @@ def test_fill_takes_ready_items_in_order_and_skips_dropped() -> None:
     assert first[2] not in plan.waiting and plan.dropped == [first[2]]
 
 
+def test_the_pool_order_does_not_depend_on_which_preparation_finished_first() -> None:
+    """The second item ready before the first waits for it, so two caches of the same data and seed
+    hand consumers the same pool in the same order (their epoch shuffle starts from it)."""
+    plan = RotationPlan(IDS, 3, 0.2, np.random.default_rng(0))
+    head = plan.wanted()[:3]
+    assert plan.fill({head[1], head[2]}) == ()  # the head is not ready: nothing moves yet
+    assert plan.fill({head[0], head[2]}) == (head[0],)
+    assert plan.fill({head[1], head[2]}) == (head[1], head[2])
+    assert plan.pool == head
+    other = RotationPlan(IDS, 3, 0.2, np.random.default_rng(0))
+    other.fill(set(head))
+    assert other.pool == plan.pool
+
+
 def test_drop_from_pool_frees_a_slot_that_fill_refills() -> None:
     plan = RotationPlan(IDS, 5, 0.2, np.random.default_rng(0))
     plan.fill(set(IDS))
