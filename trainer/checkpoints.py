@@ -21,10 +21,12 @@ import torch
 from common.atomic import atomic_write
 from common.errors import DataError, StorageError
 
-__all__ = ["CHECKPOINT_FILE", "LOCAL_FOLDER", "load_checkpoint", "load_plain", "newest_loadable", "write_checkpoint"]
+__all__ = ["CHECKPOINT_FILE", "KEEP_CHECKPOINTS", "LOCAL_FOLDER", "load_checkpoint", "load_plain", "newest_loadable",
+           "write_checkpoint"]
 
 CHECKPOINT_FILE = "state.pt"
 LOCAL_FOLDER = "checkpoints"  # under OUT: where an in-process run (training.runner) keeps its checkpoints
+KEEP_CHECKPOINTS = 2  # the newest checkpoints a run keeps, under Ray Train or in process
 
 
 def write_checkpoint(folder: Path, state: dict[str, Any]) -> Path:

@@ -27,7 +27,7 @@ from common.config import ExperimentConfig
 from common.errors import CacheUnavailableError, ConfigError
 from common.ids import check_experiment_id, contained_folder
 from common.preprocess import build_preprocessor
-from trainer.checkpoints import newest_loadable
+from trainer.checkpoints import KEEP_CHECKPOINTS, newest_loadable
 from trainer.failures import TrainingFailedError, WorkerFailureNote
 from trainer.predict import MODEL_FILE, save_model_file
 from trainer.report import RunReport, format_summary, summarise, write_outputs
@@ -85,7 +85,7 @@ def validator_resources(cfg: ExperimentConfig) -> dict[str, float]:
     return {"num_cpus": cfg.validation.num_cpus, "num_gpus": cfg.validation.gpus_for(cfg.training.use_gpu)}
 
 
-def _worker_resources(cfg: ExperimentConfig) -> dict[str, float]:
+def worker_resources(cfg: ExperimentConfig) -> dict[str, float]:
     resources = {"CPU": cfg.training.worker_num_cpus}
     if cfg.training.use_gpu:
         resources["GPU"] = cfg.training.worker_num_gpus
@@ -101,9 +101,9 @@ def _trainer(inp: WorkerInput, name: str) -> TorchTrainer:
         train_loop_config=inp.loop_config(),
         torch_config=TorchConfig(backend=backend),
         scaling_config=ScalingConfig(num_workers=cfg.training.num_workers, use_gpu=cfg.training.use_gpu,
-                                     resources_per_worker=_worker_resources(cfg)),
+                                     resources_per_worker=worker_resources(cfg)),
         run_config=RunConfig(name=name, storage_path=inp.storage_path,
-                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
                              failure_config=FailureConfig(max_failures=cfg.training.max_failures),
                              callbacks=[WorkerFailureNote(inp.validator_name, cfg.cache.namespace)]),
     )

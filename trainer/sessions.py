@@ -19,10 +19,7 @@ import torch
 
 from common.config import ExperimentConfig
 from common.errors import ConfigError
-from trainer.checkpoints import LOCAL_FOLDER
-
-#: checkpoints an in-process run keeps (as Ray Train's ``CheckpointConfig(num_to_keep=2)``)
-KEEP_CHECKPOINTS = 2
+from trainer.checkpoints import KEEP_CHECKPOINTS, LOCAL_FOLDER
 
 
 class TrainSession(Protocol):

@@ -30,7 +30,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from cache_service.sdk import SmartCache
 from cache_service.sdk.tune import detach_trial, trial_info
 from common.errors import ConfigError
-from trainer.launcher import LaunchOptions, run_experiment
+from trainer.launcher import LaunchOptions, run_experiment, validator_resources, worker_resources
 from trainer.sweep_plan import SweepPlan, TrialPlan
 from trainer.sweep_results import TrialOutcome, best_trial, write_results
 
@@ -134,10 +134,9 @@ def trial_resources(trial: TrialPlan, opts: SweepOptions) -> PlacementGroupFacto
     cfg = trial.config
     if not cfg.training.runs_in_process(sweep_trial=True):
         return PlacementGroupFactory([{"CPU": opts.trial_num_cpus}])
-    gpus = (cfg.training.worker_num_gpus if cfg.training.use_gpu else 0.0) + cfg.validation.gpus_for(
-        cfg.training.use_gpu)
-    return PlacementGroupFactory([{"CPU": cfg.training.worker_num_cpus + cfg.validation.num_cpus,
-                                   **({"GPU": gpus} if gpus else {})}])
+    worker, validator = worker_resources(cfg), validator_resources(cfg)
+    gpus = worker.get("GPU", 0.0) + validator["num_gpus"]
+    return PlacementGroupFactory([{"CPU": worker["CPU"] + validator["num_cpus"], **({"GPU": gpus} if gpus else {})}])
 
 
 def make_scheduler(plan: SweepPlan, opts: SweepOptions) -> TrialScheduler:

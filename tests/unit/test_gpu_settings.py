@@ -12,7 +12,7 @@ import torch
 from common.config import load_config
 from common.errors import ConfigError
 from common.volume import PreparedVolume, class_voxel_indices
-from trainer.launcher import _worker_resources, check_fits_cluster, validator_resources
+from trainer.launcher import worker_resources, check_fits_cluster, validator_resources
 from trainer.model import build_model
 from trainer.validation import Validator
 
@@ -36,7 +36,7 @@ def test_validation_gets_gpus_only_when_training_has_them() -> None:
     assert validator_resources(gpu)["num_gpus"] == 0.25
     split = load_config(None, ["training.use_gpu=true", "validation.num_gpus=2"])
     assert validator_resources(split)["num_gpus"] == 2.0
-    assert _worker_resources(gpu) == {"CPU": 1.0, "GPU": 1.0} and _worker_resources(cpu) == {"CPU": 1.0}
+    assert worker_resources(gpu) == {"CPU": 1.0, "GPU": 1.0} and worker_resources(cpu) == {"CPU": 1.0}
 
 
 @pytest.mark.parametrize("value", [1.5, -0.5])
