@@ -109,7 +109,10 @@ class LocalValidator:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="validation")
 
     def validate(self, epoch: int, weights: dict[str, torch.Tensor], train_time_s: float) -> Pending:
-        future: Future[dict[str, Any]] = self._pool.submit(self.service.validate, epoch, weights, train_time_s)
+        # a snapshot: training goes on in this process while these weights are validated (the actor's
+        # copy is the serialisation it gets anyway)
+        snapshot = {k: v.clone() for k, v in weights.items()}
+        future: Future[dict[str, Any]] = self._pool.submit(self.service.validate, epoch, snapshot, train_time_s)
         return future
 
     def best(self, timeout: float | None = None) -> float | None:

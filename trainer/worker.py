@@ -183,8 +183,7 @@ def _rank0_epoch_end(inp: WorkerInput, validator: ValidatorLink, vals: _Validati
     due = epoch - vals.last_validated >= cfg.validation.interval or last
     if due and (cfg.training.deterministic or vals.pending is None):
         vals.last_validated = epoch
-        # a copy: training goes on while the weights are validated (in this process, for an in-process run)
-        weights = {k: v.detach().to("cpu", copy=True) for k, v in _unwrap(model).state_dict().items()}
+        weights = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
         vals.pending = validator.validate(epoch, weights, time.time() - inp.t_start)
         if cfg.training.deterministic:  # the ratio sequence must not depend on timing
             vals.pending.result()
