@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 from cache_service.pool import PrepMeta
 from common.catalog import Record
 from common.config import CacheConfig
-from common.niceness import run_lowered
 from common.volume import PreparedVolume
 
 if TYPE_CHECKING:
@@ -38,14 +37,7 @@ def prepare_item(preprocessor: "Preprocessor | bytes", record: Record, cache: Ca
     resolved here, on the node that reads and writes it. ``PrepMeta.cpu_seconds`` is the
     process CPU time the item took: a task process runs one task at a time, so that is
     this item's work on all the threads the chain uses (what the sweep benchmark sums).
-    It runs at ``cache.task_niceness`` in a thread of its own (the worker's main thread keeps its
-    priority for whatever Ray runs there next).
     """
-    return run_lowered(cache.task_niceness, lambda: _prepare(preprocessor, record, cache, fingerprint))
-
-
-def _prepare(preprocessor: "Preprocessor | bytes", record: Record, cache: CacheConfig,
-             fingerprint: str) -> tuple[PrepMeta, PreparedVolume]:
     from cache_service.disk_tier import DiskTier, evict  # pyarrow: here only, the actor imports this module too
 
     cpu0 = time.process_time()

@@ -165,7 +165,7 @@ def _start_validator(cfg: ExperimentConfig, fp: str, experiment_id: str, num_cla
         name=f"validator-{experiment_id}", namespace=cfg.cache.namespace, max_concurrency=2,
         max_restarts=VALIDATOR_MAX_RESTARTS, max_task_retries=-1,
         scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
-        **validator_resources(cfg)).remote(*args, own_process=True))
+        **validator_resources(cfg)).remote(*args))
 
 
 def _release(validator: ValidatorLink | None, exp: Experiment | None) -> None:

@@ -38,7 +38,6 @@ from common.errors import SmartCacheError
 from common.preprocess import Preprocessor
 from common.scoring import ValidationResult
 from common.volume import PreparedVolume
-from common.niceness import lower_priority
 from trainer.run_state import RunState
 from trainer.validation import Validator, predict_volume
 
@@ -56,7 +55,7 @@ def _restarted_actor() -> bool:
 class ValidationService:
     def __init__(self, cfg: ExperimentConfig, fingerprint: str, experiment_id: str, num_classes: int,
                  in_channels: int, t_start: float, state_dir: str,
-                 own_volumes: tuple[list[Record], Preprocessor] | None = None, own_process: bool = False) -> None:
+                 own_volumes: tuple[list[Record], Preprocessor] | None = None) -> None:
         self.cfg = cfg
         self.experiment_id, self.t_start = experiment_id, t_start
         self.own_volumes = own_volumes  # (validation records, preprocessor) when there is no cache
@@ -68,9 +67,6 @@ class ValidationService:
         self._trainer_cause = ""
         self._volumes: list[PreparedVolume] | None = None
         self._val_refs: tuple[Any, ...] = ()
-        self._niceness = 0 if cfg.training.use_gpu else cfg.validation.cpu_niceness
-        if own_process:  # an actor that only validates: all of its process yields to the trainers
-            lower_priority(self._niceness, whole_process=True)
         if _restarted_actor():
             last = max(self.state.val_rows, default=None)
             self.record_fault({"kind": "validator", "time": time.time(), "epoch": last, "cause":
@@ -102,7 +98,6 @@ class ValidationService:
 
     def validate(self, epoch: int, weights: dict[str, torch.Tensor], train_time_s: float) -> dict[str, Any]:
         with self._lock:  # one validation at a time; best() stays answerable
-            lower_priority(self._niceness)  # in process: this validation thread only
             result = self.validator.validate(epoch, weights, self._validation_volumes())
             row = {**result.to_dict(), "time_s": time.time() - self.t_start, "train_time_s": train_time_s}
             self.state.add_validation(row, weights)

@@ -47,9 +47,6 @@ class CacheConfig(Section):
     """A consumer waits this long for a dead cache to come back, then gives up."""
     idle_timeout_s: Seconds = 600.0
     task_num_cpus: Annotated[Float, rule(lambda v: 0 < v <= 64, "a CPU share in (0, 64]")] = 0.5
-    task_niceness: Annotated[Int, rule(lambda v: 0 <= v <= 19, "a niceness from 0 (off) to 19")] = 10
-    """Preparation (fill and rotation) runs at this niceness: where the cores are fewer than the busy
-    threads, the consumers' steps come first and preparation takes what they leave (0: the same priority)."""
     namespace: Str = "smartcache"
     stats_dir: Str | None = None
     """Where dataset-wide CT statistics are kept; null: ~/.cache/smartcache-seg."""

@@ -108,9 +108,6 @@ class ValidationConfig(Section):
     keep_largest_component: Bool = False
     sw_batch_size: PositiveInt = 1
     num_cpus: Float = 0.5
-    cpu_niceness: Annotated[Int, rule(lambda v: 0 <= v <= 19, "a niceness from 0 (off) to 19")] = 10
-    """On CPU runs, validation's threads run at this niceness: where the cores are fewer than the busy
-    threads, training steps come first and validation takes what they leave (0: the same priority)."""
     num_gpus: Annotated[Float, rule(lambda v: v == 0 or _gpu_share(v),
                                     "0 (validate on CPU), a GPU share in (0, 1], or a whole number of GPUs to "
                                     "split the volumes over")] = 0.5
