@@ -92,6 +92,10 @@ def test_one_worker_trials_train_in_their_own_process(ray_cluster: str, tmp_path
     namespace = f"sweep-{uuid.uuid4().hex[:6]}"
     base = BASE.replace("NAMESPACE", namespace).replace("STATS", str(tmp_path / "st"))
     base = base.replace("num_workers: 2, worker_num_cpus: 0.2", "num_workers: 1, worker_num_cpus: 0.4")
+    # deterministic: each validation is waited for, so every trial validates epochs 0, 2 and 3 (otherwise
+    # one still running when epoch 2 ends is not queued behind, and a loaded machine reports 2)
+    base = base.replace("checkpoint_every: 4, seed: 0}", "checkpoint_every: 4, seed: 0, deterministic: true}")
+    assert "deterministic: true" in base
     (tmp_path / "base.yaml").write_text(base.replace("epochs: 8", "epochs: 4"))
     (tmp_path / "space.yaml").write_text("training.lr: grid([1e-2, 3e-3])\n")
     out = tmp_path / "out"
