@@ -14,7 +14,7 @@ import ray
 from tqdm.auto import tqdm
 
 from cache_service.actor import ServiceSpec, SmartCacheService
-from cache_service.handle import DEFAULT_TIMEOUT_S, CacheHandle
+from cache_service.handle import DEFAULT_TIMEOUT_S, CacheCalls, CacheHandle
 from cache_service.names import cache_name, is_cache_name
 from cache_service.status import CacheStatus
 from common.catalog import Catalog
@@ -103,7 +103,7 @@ def get_or_create_cache(catalog: Catalog, cfg: CacheSideConfig, fingerprint: str
     return handle
 
 
-def wait_until_ready(handle: CacheHandle, timeout_s: float = 600.0, progress: bool = True,
+def wait_until_ready(handle: CacheCalls, timeout_s: float = 600.0, progress: bool = True,
                      poll_s: float = 0.05) -> CacheStatus:
     """Poll the status until the pool and the validation volumes are cached, with a progress bar.
 

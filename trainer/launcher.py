@@ -138,19 +138,50 @@ def _short(err: BaseException) -> str:
     return "\n".join(keep[:8])
 
 
-def _open_experiment(cfg: ExperimentConfig, catalog: Catalog, show_progress: bool,
+def _open_experiment(cfg: ExperimentConfig, catalog: Catalog,
                      info: dict[str, Any] | None = None) -> tuple[SmartCache, Experiment, float]:
-    """Attach to (or create) the shared cache, wait for it to fill, open the experiment; (cache, experiment, fill s)."""
+    """Attach to (or create) the shared cache and open the experiment without waiting for the fill, so the
+    trainers start up while it fills (their first snapshot waits for it); (cache, experiment, fill start)."""
     cache = SmartCache.from_config(cfg, catalog=catalog, wait=False)
     t_fill = time.time()
-    status = cache.wait_until_ready(progress=show_progress)
-    for q in status.quarantined:
-        print(f"warning: {q.item_id} ({q.split}) is quarantined and left out: {q.error}")
-    _require_usable(status, catalog)
-    fill_s = time.time() - t_fill
     exp = cache.experiment(cfg.name, steps=cfg.training.steps_per_epoch,
                            info={"lr": cfg.training.lr, "optimizer": cfg.training.optimizer, **(info or {})}).open()
-    return cache, exp, fill_s
+    return cache, exp, t_fill
+
+
+@dataclass
+class _Fill:
+    """The driver's wait for the pool's first fill, run while the trainers start up (``fit_with_progress``'s
+    ``warm_up``): a progress bar, a warning per quarantined case, a stop if nothing is left to train or
+    validate on or if the experiment's patch is larger than a training volume, and the seconds it took
+    for the report (0 without a cache). The trainers wait for its word through the validation service."""
+
+    cache: SmartCache | None
+    experiment: Experiment | None
+    catalog: Catalog
+    validator: ValidatorLink
+    show_progress: bool
+    started: float  # when the cache was created or joined
+    seconds: float = 0.0
+
+    def wait(self) -> None:
+        try:
+            self._check()
+        except BaseException:
+            self.validator.decide_start(False)  # the workers end quietly; this error is the run's
+            raise
+        self.validator.decide_start(True)
+
+    def _check(self) -> None:
+        if self.cache is None or self.experiment is None:
+            return
+        status = self.cache.wait_until_ready(progress=self.show_progress)
+        for q in status.quarantined:
+            print(f"warning: {q.item_id} ({q.split}) is quarantined and left out: {q.error}")
+        _require_usable(status, self.catalog)
+        settings = self.experiment.settings  # opened on a pool still filling: check the patch on the whole pool
+        self.cache.check_patch(settings.sampler.patch_size, settings.patch_parameter)
+        self.seconds = time.time() - self.started
 
 
 def _start_validator(cfg: ExperimentConfig, fp: str, experiment_id: str, num_classes: int, in_channels: int,
@@ -197,10 +228,10 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
         raise ConfigError("data.val_fraction", cfg.data.val_fraction, "a split with at least one validation case")
     check_fits_cluster(cfg)
     if cfg.cache.enabled:
-        cache, exp, fill_s = _open_experiment(cfg, catalog, opts.show_progress, opts.info)
+        cache, exp, t_fill = _open_experiment(cfg, catalog, opts.info)
         fp, experiment_id = cache.fingerprint, exp.id
     else:  # the baseline: no cache actor at all; trainers and validation load and preprocess themselves
-        cache, exp, fill_s = None, None, 0.0
+        cache, exp, t_fill = None, None, t_start
         fp, experiment_id = fingerprint(catalog, cfg.preprocessing), f"{cfg.name}-{uuid.uuid4().hex[:6]}"
     validator = None
     in_process = cfg.training.runs_in_process(opts.sweep_trial)
@@ -220,8 +251,9 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
                           records=() if cfg.cache.enabled else tuple(catalog.train),
                           preprocessor=None if cfg.cache.enabled else prep,
                           storage_path=str((opts.out_dir / "ray_results").resolve()))
+        fill = _Fill(cache, exp, catalog, validator, opts.show_progress, t_fill)
         result = fit_with_progress(_fit(inp, validator, experiment_id, opts, in_process), validator, cfg,
-                                   opts.show_progress, opts.on_validation)
+                                   opts.show_progress, opts.on_validation, warm_up=fill.wait)
         _raise_if_failed(result)
         rows, val_rows = validator.train_rows(), validator.history()
         example, best_weights = validator.example_case(), validator.best_weights()
@@ -233,7 +265,8 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
     resumed = None
     if resume_from is not None and rows:
         resumed = min(r["epoch"] for r in rows)
-    report = summarise(cfg, catalog, experiment_id, rows, val_rows, time.time() - t_start, fill_s, resumed, faults)
+    report = summarise(cfg, catalog, experiment_id, rows, val_rows, time.time() - t_start, fill.seconds, resumed,
+                       faults)
     write_outputs(opts.out_dir, report, rows, val_rows, example)
     if best_weights is not None:
         save_model_file(opts.out_dir / MODEL_FILE, best_weights, cfg, catalog.num_classes, in_channels,

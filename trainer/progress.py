@@ -22,10 +22,13 @@ TIMEOUT_S = 10.0  # a poll that takes longer (the validation actor restarting) i
 
 
 def fit_with_progress(fit: Callable[[], Any], validator: ValidatorLink, cfg: ExperimentConfig, show: bool,
-                      on_validation: Callable[[dict[str, Any]], None] | None = None) -> Any:
+                      on_validation: Callable[[dict[str, Any]], None] | None = None,
+                      warm_up: Callable[[], None] | None = None) -> Any:
     """``fit()``'s result; epochs, loss, Dice and ratio drawn as they arrive.
 
-    ``on_validation`` sees every validation row once, in order, from this (the caller's) thread.
+    ``warm_up`` runs in this thread once ``fit`` has started (the wait for the cache's fill, overlapped
+    with the trainers' start-up); its error ends the call. ``on_validation`` sees every validation row
+    once, in order, from this (the caller's) thread.
     """
     box: dict[str, Any] = {}
 
@@ -37,6 +40,8 @@ def fit_with_progress(fit: Callable[[], Any], validator: ValidatorLink, cfg: Exp
 
     thread = threading.Thread(target=run, name="training-fit", daemon=True)
     thread.start()
+    if warm_up is not None:
+        warm_up()
     relay = ValidationRelay(validator, on_validation)
     shown: tuple[int, float | None] = (0, None)
     with tqdm(total=cfg.training.epochs, desc="training", unit="epoch", disable=not show) as bar:

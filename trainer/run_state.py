@@ -1,4 +1,5 @@
-"""What a run must not lose when its validation actor dies: history, training rows, faults, best weights.
+"""What a run must not lose when its validation actor dies: history, training rows, faults, best weights,
+whether the launcher let the trainers start.
 
 The validation actor keeps these in memory for speed and writes them to the run folder on
 every change (temp file + rename, so a crash leaves the old or the new file, never half of
@@ -33,6 +34,7 @@ class RunState:
         self.train_rows: dict[tuple[int, int], dict[str, Any]] = {}
         self.faults: list[dict[str, Any]] = []
         self.best: tuple[float, dict[str, torch.Tensor]] | None = None
+        self.start: bool | None = None  # the launcher's word: train (True), give up (False), not yet (None)
 
     @classmethod
     def load(cls, folder: str | Path) -> "RunState":
@@ -44,6 +46,7 @@ class RunState:
             state.val_rows = {int(r["epoch"]): r for r in saved["validation"]}
             state.train_rows = {(int(r["epoch"]), int(r.get("rank", 0))): r for r in saved["train"]}
             state.faults = list(saved["faults"])
+            state.start = saved.get("start")
             best = state.folder / BEST_FILE
             if saved.get("best_dice") is not None and best.is_file():
                 state.best = (float(saved["best_dice"]), torch.load(best, map_location="cpu", weights_only=True))
@@ -70,7 +73,11 @@ class RunState:
         self.faults.append(dict(fault))
         self.save()
 
+    def decide_start(self, go: bool) -> None:
+        self.start = go
+        self.save()
+
     def save(self) -> None:
         body = {"validation": self.history(), "train": self.train_history(), "faults": self.faults,
-                "best_dice": None if self.best is None else self.best[0]}
+                "best_dice": None if self.best is None else self.best[0], "start": self.start}
         atomic_write(self.folder / STATE_FILE, lambda fh: json.dump(body, fh), "w")

@@ -113,6 +113,14 @@ class ValidationService:
     def best(self) -> float | None:
         return None if self.state.best is None else self.state.best[0]
 
+    def decide_start(self, go: bool) -> None:
+        """The launcher's word once the cache's fill is done and checked: train, or give up (the run failed)."""
+        self.state.decide_start(go)
+
+    def may_start(self) -> bool | None:
+        """What the trainers wait on before their first epoch (None: the launcher has not decided yet)."""
+        return self.state.start
+
     def history(self) -> list[dict[str, Any]]:
         return self.state.history()
 

@@ -40,6 +40,8 @@ class ValidatorLink(Protocol):
     def best(self, timeout: float | None = None) -> float | None: ...
     def ratio(self) -> float: ...
     def trainer_started(self, start_epoch: int, now: float) -> None: ...
+    def decide_start(self, go: bool) -> None: ...
+    def may_start(self) -> bool | None: ...
     def record_train(self, row: dict[str, Any]) -> None: ...
     def train_rows(self, timeout: float | None = None) -> list[dict[str, Any]]: ...
     def history(self, timeout: float | None = None) -> list[dict[str, Any]]: ...
@@ -78,6 +80,12 @@ class ActorValidator:
 
     def trainer_started(self, start_epoch: int, now: float) -> None:
         ray.get(self.handle.trainer_started.remote(start_epoch, now))
+
+    def decide_start(self, go: bool) -> None:
+        ray.get(self.handle.decide_start.remote(go))
+
+    def may_start(self) -> bool | None:
+        return ray.get(self.handle.may_start.remote())
 
     def record_train(self, row: dict[str, Any]) -> None:
         self.handle.record_train.remote(row)  # no wait: the actor keeps the order of one caller's calls
@@ -123,6 +131,12 @@ class LocalValidator:
 
     def trainer_started(self, start_epoch: int, now: float) -> None:
         self.service.trainer_started(start_epoch, now)
+
+    def decide_start(self, go: bool) -> None:
+        self.service.decide_start(go)
+
+    def may_start(self) -> bool | None:
+        return self.service.may_start()
 
     def record_train(self, row: dict[str, Any]) -> None:
         self.service.record_train(row)

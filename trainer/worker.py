@@ -39,6 +39,7 @@ from trainer.validator_link import ActorValidator, Pending, ValidatorLink
 
 #: the one key of Ray Train's ``train_loop_config`` (Ray records that argument as a dict)
 INPUT_KEY = "input"
+START_POLL_S = 0.1  # seconds between a starting worker's asks whether the launcher let it train
 
 
 @dataclass(frozen=True)
@@ -201,11 +202,27 @@ def _placement(cfg: ExperimentConfig, device: torch.device) -> tuple[DeviceVolum
     return None, DeviceStager(device)
 
 
+def _launcher_says_go(validator: ValidatorLink) -> bool:
+    """Wait for the launcher's word: it decides once the cache's fill is done and checked, while this worker
+    started up beside it. A validation service already gone means the launcher has ended the run."""
+    while True:
+        try:
+            go = validator.may_start()
+        except ray.exceptions.RayActorError:
+            return False
+        if go is not None:
+            return go
+        time.sleep(START_POLL_S)
+
+
 def train_loop_per_worker(config: dict[str, WorkerInput]) -> None:
     """Ray Train's entry point: this worker's session and the experiment's validation actor, then the loop."""
     inp = config[INPUT_KEY]
-    validator = ActorValidator(ray.get_actor(inp.validator_name, namespace=inp.config.cache.namespace))
-    run_worker(inp, RayTrainSession(), validator)
+    try:
+        handle = ray.get_actor(inp.validator_name, namespace=inp.config.cache.namespace)
+    except ValueError:  # the launcher has closed it: the run is over, there is nothing to train for
+        return
+    run_worker(inp, RayTrainSession(), ActorValidator(handle))
 
 
 def run_worker(inp: WorkerInput, session: TrainSession, validator: ValidatorLink) -> None:
@@ -221,6 +238,8 @@ def run_worker(inp: WorkerInput, session: TrainSession, validator: ValidatorLink
     scaler = amp.scaler()
     start_epoch = _restore(model, optimizer, scaler, session, inp.resume_from)
     device_volumes, stager = _placement(cfg, device)
+    if not _launcher_says_go(validator):  # the run failed while this worker started (the launcher says why)
+        return
 
     if rank == 0:  # records a restart of the worker group (and its cost) if this is one
         validator.trainer_started(start_epoch, time.time())

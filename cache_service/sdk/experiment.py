@@ -27,6 +27,9 @@ from common.volume import PreparedVolume
 class Experiment:
     """One experiment attached to a cache: its id, its crop settings and the per-epoch calls."""
 
+    warm_timeout_s: float = 600.0
+    """How long the first snapshot in a process waits for the cache's first fill."""
+
     def __init__(self, fingerprint: str, namespace: str, experiment_id: str, settings: ConsumerSettings,
                  num_classes: int, info: dict[str, Any] | None = None, recover_timeout_s: float | None = None,
                  lease_s: float = 10.0) -> None:
@@ -38,10 +41,11 @@ class Experiment:
         self._owner_pid: int | None = None  # the process that registered (it alone renews and unregisters)
         self._lease: LeaseKeeper | None = None
         self._data_failure: BaseException | None = None  # a producer failure not yet raised in the training thread
+        self._warm = False  # this process has seen the pool's first fill done (see snapshot)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(_cache=None, _owner_pid=None, _lease=None, _data_failure=None)  # a worker's copy never detaches
+        state.update(_cache=None, _owner_pid=None, _lease=None, _data_failure=None, _warm=False)  # a worker's copy never detaches
         return state
 
     @property
@@ -96,7 +100,14 @@ class Experiment:
 
     # ---- one epoch ----------------------------------------------------------------------------
     def snapshot(self, epoch: int) -> Snapshot:
-        """The pool for ``epoch`` (same for every rank) and this experiment's current ratio."""
+        """The pool for ``epoch`` (same for every rank) and this experiment's current ratio.
+
+        The first call in a process waits up to ``warm_timeout_s`` for the pool's first fill, so a
+        consumer may open its experiment and start its workers while the cache is still filling.
+        """
+        if not self._warm:
+            protocol.wait_warm(self.cache, self.warm_timeout_s)
+            self._warm = True
         return protocol.epoch_snapshot(self.cache, self.id, epoch)
 
     def batches(self, epoch: int, *, rank: int = 0, world_size: int = 1,

@@ -10,7 +10,8 @@ speaks to the cache actor for an experiment (the typed classes in
                     from it before it has trained on the current generation
    ``heartbeat``    the opening process renews its lease every few seconds from a thread
                     (:mod:`cache_service.sdk.lease`); when it dies the cache detaches it
-3. ``epoch_snapshot``  every DDP rank asks for (experiment, epoch) and gets the *same*
+3. ``wait_warm``    the first snapshot in a process waits for the pool's first fill
+   ``epoch_snapshot``  every DDP rank asks for (experiment, epoch) and gets the *same*
                     snapshot: the pool's refs for one generation plus this experiment's
                     current pos/neg ratio
 4. ``crop_batches`` each rank takes its shard of the snapshot and cuts pos/neg crops with
@@ -63,6 +64,12 @@ def heartbeat(cache: CacheCalls, experiment_id: str) -> bool:
 
 
 # 3. snapshot ----------------------------------------------------------------------------------
+def wait_warm(cache: CacheCalls, timeout_s: float) -> None:
+    """Return once the pool's first fill is done (raise PoolFailedError if it failed): a pool still
+    filling must not become an epoch. Lets a consumer attach and start up while the cache fills."""
+    client.wait_until_ready(cache, timeout_s=timeout_s, progress=False)
+
+
 def epoch_snapshot(cache: CacheCalls, experiment_id: str, epoch: int) -> Snapshot:
     """The pool for this (experiment, epoch): identical for every rank that asks."""
     return cache.snapshot(experiment_id, epoch=epoch)

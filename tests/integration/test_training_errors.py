@@ -34,8 +34,9 @@ def test_more_workers_than_cpus(ray_cluster, demo_root, stats_dir, tmp_path):
 def test_patch_larger_than_every_volume_fails_only_that_experiment(ray_cluster, demo_root, stats_dir, tmp_path):
     """The patch check is the consumer's: the shared cache quarantines nothing for one experiment's patch.
 
-    It is found when the experiment opens, from the shapes of the volumes the cache prepared,
-    before any Ray Train worker starts, and names the config key the patch came from.
+    It is found once the cache has filled, from the shapes of the volumes it prepared, before
+    any step (the Ray Train worker started meanwhile ends without training), and names the
+    config key the patch came from.
     """
     small = tiny_config(demo_root, stats_dir, epochs=1, num_workers=1)
     raw = small.to_dict()
