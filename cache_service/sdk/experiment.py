@@ -45,7 +45,8 @@ class Experiment:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(_cache=None, _owner_pid=None, _lease=None, _data_failure=None, _warm=False)  # a worker's copy never detaches
+        # a worker's copy never detaches, and checks for itself that the cache has filled
+        state.update(_cache=None, _owner_pid=None, _lease=None, _data_failure=None, _warm=False)
         return state
 
     @property
