@@ -180,7 +180,7 @@ class _Fill:
             print(f"warning: {q.item_id} ({q.split}) is quarantined and left out: {q.error}")
         _require_usable(status, self.catalog)
         settings = self.experiment.settings  # opened on a pool still filling: check the patch on the whole pool
-        self.cache.check_patch(settings.sampler.patch_size, settings.patch_parameter)
+        self.cache.check_patch(settings.sampler.patch_size, settings.patch_parameter, status)
         self.seconds = time.time() - self.started
 
 

@@ -132,11 +132,13 @@ class SmartCache:
                            files={r.item_id: r.image for r in self.catalog.train},
                            unchecked=max(0, status.train_items - failed - len(status.train_shapes)))
 
-    def check_patch(self, patch_size: Sequence[int], parameter: str = "patch_size") -> None:
+    def check_patch(self, patch_size: Sequence[int], parameter: str = "patch_size",
+                    status: CacheStatus | None = None) -> None:
         """Raise :class:`~common.errors.DataError` naming every prepared training volume smaller than
         ``patch_size`` and the setting it came from (``parameter``). After the fill this covers the
-        whole pool: call it when an experiment was opened before the fill, whose check saw fewer volumes."""
-        self._require_patch_fits(patch_size, parameter, self.status())
+        whole pool: call it when an experiment was opened before the fill, whose check saw fewer volumes.
+        Pass the ``status`` you already hold (``wait_until_ready``'s) to spare asking the cache again."""
+        self._require_patch_fits(patch_size, parameter, status if status is not None else self.status())
 
     def status(self) -> CacheStatus:
         """Pool, budget, rotations, quarantine and every attached experiment (with its cycle coverage)."""
