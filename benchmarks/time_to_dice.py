@@ -7,8 +7,11 @@ computed once before the arms (every arm would otherwise repeat the same pass).
 
   baseline      no cache: a DataLoader with worker processes loads and preprocesses every volume
                 every epoch; fixed 1:1 crops, Adam, fp32 (the config's loss, like every arm)
+                and glibc's malloc defaults, as a plain loop runs
   monai-fast    MONAI's fast-training recipe (benchmarks/monai_fast.py): CacheDataset of every
                 training volume with cached fg/bg indices, ThreadDataLoader, DiceCE, Novograd
+  monai-fast-heap  the same, in a process given the trainers' allocator settings (trainer/heap.py;
+                they stay in this process: list it after monai-fast)
   full          shared SmartCache (rotating when cache_num < N), adaptive pos:neg ratio, NovoGrad
                 at its default lr, AMP where the device has it
   full-in-process  full, with its one worker and its validation in the launching process
@@ -17,6 +20,7 @@ computed once before the arms (every arm would otherwise repeat the same pass).
   no-adaptive   full, but the ratio stays 1:1
   no-novograd   full, but Adam
   no-amp        full, but fp32 (only measured on CUDA: AMP is off on CPU unless asked for bf16)
+  no-heap       full, but the trainers and validation keep glibc's malloc defaults
 
 With ``--steps-per-epoch pass`` (the default) every arm's epoch is one pass of the whole
 training set's worth of steps, so a cached arm with a pool smaller than the training set
@@ -52,16 +56,20 @@ from common.config import ExperimentConfig, load_config
 #: (DiceCE; see docs/benchmarks.md, "NovoGrad"). ``lr=null``: each optimiser's default (config.DEFAULT_LR).
 FULL_METHOD = ["training.optimizer=novograd", "training.lr=null", "training.amp=true"]
 ADAM = ["training.optimizer=adam", "training.lr=null"]
-MONAI_FAST = "monai-fast"
+MONAI_FAST, MONAI_FAST_HEAP = "monai-fast", "monai-fast-heap"
+#: glibc's own malloc settings, as a plain PyTorch or MONAI loop runs (trainer/heap.py)
+PLAIN_HEAP = ["training.heap_keep_mib=0"]
 ARMS: dict[str, list[str]] = {
-    "baseline": ["cache.enabled=false", "sampler.adaptive=false", *ADAM, "training.amp=false"],
-    MONAI_FAST: [*ADAM, "training.amp=true"],  # benchmarks/monai_fast.py: Novograd at 10x this (Adam's) lr, DiceCE
+    "baseline": ["cache.enabled=false", "sampler.adaptive=false", *ADAM, "training.amp=false", *PLAIN_HEAP],
+    MONAI_FAST: [*ADAM, "training.amp=true", *PLAIN_HEAP],  # monai_fast.py: Novograd at 10x Adam's lr, DiceCE
+    MONAI_FAST_HEAP: [*ADAM, "training.amp=true"],  # the same with this project's allocator settings
     "full": [*FULL_METHOD],
     "full-in-process": [*FULL_METHOD, "training.runner=in_process"],
     "no-cache": ["cache.enabled=false", *FULL_METHOD],
     "no-adaptive": ["sampler.adaptive=false", *FULL_METHOD],
     "no-novograd": [*FULL_METHOD, *ADAM],
     "no-amp": [*FULL_METHOD, "training.amp=false"],
+    "no-heap": [*FULL_METHOD, *PLAIN_HEAP],
 }
 
 
@@ -132,20 +140,24 @@ def run_arm(arm: str, config_path: str | None, out: Path, overrides: list[str], 
                      step_s_beside(_rows(out / arm)))
 
 
-def run_monai_arm(config_path: str | None, overrides: list[str], catalog: Catalog, time_limit: float) -> ArmResult:
-    """MONAI's fast recipe in this process (see benchmarks/monai_fast.py)."""
+def run_monai_arm(arm: str, config_path: str | None, overrides: list[str], catalog: Catalog,
+                  time_limit: float) -> ArmResult:
+    """MONAI's fast recipe in this process (see benchmarks/monai_fast.py); ``monai-fast-heap`` first gives this
+    process the allocator settings the project's trainers run with, which stay for the arms after it."""
     import torch
 
     from common.preprocess import build_preprocessor
     from monai_fast import run_monai_fast
+    from trainer.heap import keep_freed_memory
 
     load0 = os.getloadavg()[0]
-    cfg = load_config(config_path, [f"name={MONAI_FAST}", *ARMS[MONAI_FAST], *overrides])
+    cfg = load_config(config_path, [f"name={arm}", *ARMS[arm], *overrides])
+    keep_freed_memory(cfg.training.heap_keep_mib)  # 0 for monai-fast: glibc's defaults, as MONAI's users run
     torch.set_num_threads(max(1, int(cfg.training.worker_num_cpus)))  # the trainers' share, as Ray gives them
     prep = build_preprocessor(catalog, cfg.preprocessing, cfg.sampler.patch_size, cfg.cache.stats_path(),
                               fingerprint(catalog, cfg.preprocessing))
     result = run_monai_fast(cfg, catalog, prep, time_limit)
-    return replace(result, arm=MONAI_FAST, load=(load0, os.getloadavg()[0]))
+    return replace(result, arm=arm, load=(load0, os.getloadavg()[0]))
 
 
 def regime(cfg: ExperimentConfig, catalog: Catalog) -> str:
@@ -234,8 +246,8 @@ def main() -> None:
     results = []
     for arm in args.arms:
         print(f"\n=== arm {arm}: {' '.join(ARMS[arm])}  (load average {os.getloadavg()[0]:.1f})")
-        if arm == MONAI_FAST:
-            results.append(run_monai_arm(args.config, overrides, catalog, args.time_limit))
+        if arm in (MONAI_FAST, MONAI_FAST_HEAP):
+            results.append(run_monai_arm(arm, args.config, overrides, catalog, args.time_limit))
         else:
             results.append(run_arm(arm, args.config, out, overrides, args.time_limit))
     table = "\n".join([*header, format_table(results, base.training.target_dice, args.time_limit,

@@ -28,6 +28,7 @@ from common.errors import CacheUnavailableError, ConfigError
 from common.ids import check_experiment_id, contained_folder
 from common.preprocess import build_preprocessor
 from trainer.checkpoints import KEEP_CHECKPOINTS, newest_loadable
+from trainer.heap import heap_env, keep_freed_memory
 from trainer.failures import TrainingFailedError, WorkerFailureNote
 from trainer.predict import MODEL_FILE, save_model_file
 from trainer.report import RunReport, format_summary, summarise, write_outputs
@@ -103,6 +104,7 @@ def _trainer(inp: WorkerInput, name: str) -> TorchTrainer:
         scaling_config=ScalingConfig(num_workers=cfg.training.num_workers, use_gpu=cfg.training.use_gpu,
                                      resources_per_worker=worker_resources(cfg)),
         run_config=RunConfig(name=name, storage_path=inp.storage_path,
+                             worker_runtime_env={"env_vars": heap_env(cfg.training.heap_keep_mib)},
                              checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
                              failure_config=FailureConfig(max_failures=cfg.training.max_failures),
                              callbacks=[WorkerFailureNote(inp.validator_name, cfg.cache.namespace)]),
@@ -190,13 +192,14 @@ def _start_validator(cfg: ExperimentConfig, fp: str, experiment_id: str, num_cla
     actor, restarted in place if its process dies (calls in flight are retried there); it reads its record
     back from ``state_dir``, so it stays on this node, where that folder is."""
     args = (cfg, fp, experiment_id, num_classes, in_channels, t_start, str(state_dir), own_volumes)
-    if in_process:
+    if in_process:  # before the validation and training threads start, so that they share one arena
+        keep_freed_memory(cfg.training.heap_keep_mib)
         return LocalValidator(ValidationService(*args))
     return ActorValidator(ray.remote(ValidationService).options(
         name=f"validator-{experiment_id}", namespace=cfg.cache.namespace, max_concurrency=2,
         max_restarts=VALIDATOR_MAX_RESTARTS, max_task_retries=-1,
         scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
-        **validator_resources(cfg)).remote(*args))
+        runtime_env={"env_vars": heap_env(cfg.training.heap_keep_mib)}, **validator_resources(cfg)).remote(*args))
 
 
 def _release(validator: ValidatorLink | None, exp: Experiment | None) -> None:
