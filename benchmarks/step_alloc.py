@@ -8,7 +8,7 @@ prints the median step, the process's user and system CPU and its peak resident 
 
   python benchmarks/step_alloc.py --config trainer/configs/ct_cpu.yaml
 
-Settings: glibc's defaults; ``training.heap_keep_mib`` (``trainer/heap.py``) as environment
+Settings: glibc's defaults; ``training.heap_keep_mib`` (``common/heap.py``) as environment
 variables; each of those with the loop in a thread of its own, as Ray Train and the in-process
 runner run it. Threads: the trainer's share (``training.worker_num_cpus``), as Ray gives it.
 """
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(_steps(args.config, args.steps, args.thread)))
         return
     from common.config import load_config
-    from trainer.heap import heap_env
+    from common.heap import heap_env
 
     cfg = load_config(args.config, [])
     keep = cfg.training.heap_keep_mib or 512

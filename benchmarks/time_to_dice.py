@@ -10,7 +10,7 @@ computed once before the arms (every arm would otherwise repeat the same pass).
                 and glibc's malloc defaults, as a plain loop runs
   monai-fast    MONAI's fast-training recipe (benchmarks/monai_fast.py): CacheDataset of every
                 training volume with cached fg/bg indices, ThreadDataLoader, DiceCE, Novograd
-  monai-fast-heap  the same, in a process given the trainers' allocator settings (trainer/heap.py;
+  monai-fast-heap  the same, in a process given the trainers' allocator settings (common/heap.py;
                 they stay in this process: list it after monai-fast)
   full          shared SmartCache (rotating when cache_num < N), adaptive pos:neg ratio, NovoGrad
                 at its default lr, AMP where the device has it
@@ -57,7 +57,7 @@ from common.config import ExperimentConfig, load_config
 FULL_METHOD = ["training.optimizer=novograd", "training.lr=null", "training.amp=true"]
 ADAM = ["training.optimizer=adam", "training.lr=null"]
 MONAI_FAST, MONAI_FAST_HEAP = "monai-fast", "monai-fast-heap"
-#: glibc's own malloc settings, as a plain PyTorch or MONAI loop runs (trainer/heap.py)
+#: glibc's own malloc settings, as a plain PyTorch or MONAI loop runs (common/heap.py)
 PLAIN_HEAP = ["training.heap_keep_mib=0"]
 ARMS: dict[str, list[str]] = {
     "baseline": ["cache.enabled=false", "sampler.adaptive=false", *ADAM, "training.amp=false", *PLAIN_HEAP],
@@ -148,7 +148,7 @@ def run_monai_arm(arm: str, config_path: str | None, overrides: list[str], catal
 
     from common.preprocess import build_preprocessor
     from monai_fast import run_monai_fast
-    from trainer.heap import keep_freed_memory
+    from common.heap import keep_freed_memory
 
     load0 = os.getloadavg()[0]
     cfg = load_config(config_path, [f"name={arm}", *ARMS[arm], *overrides])

@@ -28,7 +28,7 @@ from common.errors import CacheUnavailableError, ConfigError
 from common.ids import check_experiment_id, contained_folder
 from common.preprocess import build_preprocessor
 from trainer.checkpoints import KEEP_CHECKPOINTS, newest_loadable
-from trainer.heap import heap_env, keep_freed_memory
+from common.heap import heap_env, keep_freed_memory
 from trainer.failures import TrainingFailedError, WorkerFailureNote
 from trainer.predict import MODEL_FILE, save_model_file
 from trainer.report import RunReport, format_summary, summarise, write_outputs

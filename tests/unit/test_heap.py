@@ -1,4 +1,4 @@
-"""The allocator settings for processes that train and validate (trainer/heap.py)."""
+"""The allocator settings for processes that train and validate (common/heap.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from common.config import load_config
 from common.errors import ConfigError
-from trainer.heap import M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, MIB, HeapSettings, heap_env, \
+from common.heap import M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, MIB, HeapSettings, heap_env, \
     keep_freed_memory
 
 
@@ -52,7 +52,7 @@ def test_zero_leaves_the_defaults() -> None:
 
 
 def test_refused_setting_warns(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="trainer.heap"):
+    with caplog.at_level(logging.WARNING, logger="common.heap"):
         assert keep_freed_memory(256, FakeLibc(refuse=(M_MMAP_THRESHOLD,))) is False
     assert "heap_keep_mib=256" in caplog.text
 
