@@ -146,9 +146,9 @@ def run_monai_arm(arm: str, config_path: str | None, overrides: list[str], catal
     process the allocator settings the project's trainers run with, which stay for the arms after it."""
     import torch
 
+    from common.heap import keep_freed_memory
     from common.preprocess import build_preprocessor
     from monai_fast import run_monai_fast
-    from common.heap import keep_freed_memory
 
     load0 = os.getloadavg()[0]
     cfg = load_config(config_path, [f"name={arm}", *ARMS[arm], *overrides])

@@ -87,7 +87,8 @@ def keep_freed_memory(keep_mib: int, libc: ctypes.CDLL | None = None) -> bool:
     libc = libc if libc is not None else (_glibc() if settings is not None else None)
     if settings is None or libc is None:
         return False
-    taken = all(libc.mallopt(param, value) == 1 for param, value in settings.options())
+    results = [libc.mallopt(param, value) for param, value in settings.options()]  # each one, even after a refusal
+    taken = all(r == 1 for r in results)
     if not taken:
         log.warning("glibc refused a malloc setting for training.heap_keep_mib=%d; its defaults stay", keep_mib)
     return taken

@@ -25,10 +25,10 @@ from cache_service.sdk import Experiment, SmartCache
 from common.catalog import Catalog, fingerprint, load_catalog
 from common.config import ExperimentConfig
 from common.errors import CacheUnavailableError, ConfigError
+from common.heap import heap_env, keep_freed_memory
 from common.ids import check_experiment_id, contained_folder
 from common.preprocess import build_preprocessor
 from trainer.checkpoints import KEEP_CHECKPOINTS, newest_loadable
-from common.heap import heap_env, keep_freed_memory
 from trainer.failures import TrainingFailedError, WorkerFailureNote
 from trainer.predict import MODEL_FILE, save_model_file
 from trainer.report import RunReport, format_summary, summarise, write_outputs

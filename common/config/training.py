@@ -63,7 +63,8 @@ class TrainingConfig(Section):
     heap_keep_mib: Annotated[Int, rule(lambda v: v >= 0, "MiB >= 0 (0 keeps the C library's defaults)")] = 512
     """glibc only: a process that trains or validates keeps up to this much freed memory for its next
     step, and takes blocks under a quarter of it (at most 128 MiB) from its heap, rather than returning
-    memory to the OS and faulting it in again every step (common/heap.py); 0: the C library's defaults."""
+    memory to the OS and faulting it in again every step (common/heap.py); 0: the C library's defaults, or
+    the MALLOC_* variables of your own environment."""
     runner: Literal["auto", "ray_train", "in_process"] = "auto"
     """Where the training loop runs. ray_train: Ray Train workers (DDP, restarted from the last checkpoint
     when one dies) and a validation actor of its own. in_process: one worker in the calling process, with

@@ -52,8 +52,10 @@ def test_zero_leaves_the_defaults() -> None:
 
 
 def test_refused_setting_warns(caplog: pytest.LogCaptureFixture) -> None:
+    libc = FakeLibc(refuse=(M_ARENA_MAX,))
     with caplog.at_level(logging.WARNING, logger="common.heap"):
-        assert keep_freed_memory(256, FakeLibc(refuse=(M_MMAP_THRESHOLD,))) is False
+        assert keep_freed_memory(256, libc) is False
+    assert [p for p, _ in libc.calls] == [M_ARENA_MAX, M_TRIM_THRESHOLD, M_MMAP_THRESHOLD]  # the rest still tried
     assert "heap_keep_mib=256" in caplog.text
 
 
