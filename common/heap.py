@@ -5,7 +5,7 @@ every time. With glibc's defaults, blocks above a (dynamic, at most 32 MiB) thre
 mmapped and unmapped on free, freed memory at the top of the heap is handed back to the OS
 above a small threshold, and each thread allocates from an arena of its own whose heaps are
 at most 64 MiB. So every step takes its tensors from fresh pages, and the kernel zeroes and
-maps them again: on the CT config (64^3 crops, batch 2, one thread) a quarter of the step's
+maps them again: on the CT config (64^3 crops, batch 2, one thread) a fifth of the step's
 CPU was system time, and the same step ran at 0.35 s with the defaults against 0.27 s with the
 settings here; a sliding-window validation of a CT volume took 2.4 s against 1.9 s
 (docs/benchmarks.md, "The allocator"). The step's own peak resident memory did not change, but a
