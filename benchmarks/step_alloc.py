@@ -85,11 +85,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         print(json.dumps(_steps(args.config, args.steps, args.thread)))
         return
-    from common.config import load_config
+    from common.config import TrainingConfig, load_config
     from common.heap import heap_env
 
-    cfg = load_config(args.config, [])
-    keep = cfg.training.heap_keep_mib or 512
+    cfg = load_config(args.config, [])  # a config that switches the settings off is timed with the default
+    keep = cfg.training.heap_keep_mib or TrainingConfig.model_fields["heap_keep_mib"].default
     settings = [("glibc's defaults", {}, False), (f"heap_keep_mib={keep}", heap_env(keep), False),
                 ("glibc's defaults, loop in a thread", {}, True),
                 (f"heap_keep_mib={keep}, loop in a thread", heap_env(keep), True)]

@@ -57,14 +57,19 @@ class HeapSettings:
         keep = keep_mib * MIB
         return cls(trim_bytes=keep, mmap_bytes=min(keep // 4, MMAP_CAP))
 
+    def _settings(self) -> tuple[tuple[str, int, int], ...]:
+        """(environment variable, mallopt parameter, value), arenas first so that threads started
+        afterwards share one."""
+        return (("MALLOC_ARENA_MAX", M_ARENA_MAX, self.arenas), ("MALLOC_TRIM_THRESHOLD_", M_TRIM_THRESHOLD,
+                self.trim_bytes), ("MALLOC_MMAP_THRESHOLD_", M_MMAP_THRESHOLD, self.mmap_bytes))
+
     def env(self) -> dict[str, str]:
-        """The same settings as glibc's environment variables, for a process about to start."""
-        return {"MALLOC_TRIM_THRESHOLD_": str(self.trim_bytes), "MALLOC_MMAP_THRESHOLD_": str(self.mmap_bytes),
-                "MALLOC_ARENA_MAX": str(self.arenas)}
+        """The settings as glibc's environment variables, for a process about to start."""
+        return {name: str(value) for name, _, value in self._settings()}
 
     def options(self) -> tuple[tuple[int, int], ...]:
-        """(mallopt parameter, value) pairs, arenas first so that threads started afterwards share one."""
-        return ((M_ARENA_MAX, self.arenas), (M_TRIM_THRESHOLD, self.trim_bytes), (M_MMAP_THRESHOLD, self.mmap_bytes))
+        """The same settings as (mallopt parameter, value) pairs, for this running process."""
+        return tuple((param, value) for _, param, value in self._settings())
 
 
 def heap_env(keep_mib: int) -> dict[str, str]:
@@ -84,8 +89,10 @@ def _glibc() -> ctypes.CDLL | None:
 def keep_freed_memory(keep_mib: int, libc: ctypes.CDLL | None = None) -> bool:
     """Apply the settings to this running process; True when the C library took every one of them."""
     settings = HeapSettings.keeping(keep_mib)
-    libc = libc if libc is not None else (_glibc() if settings is not None else None)
-    if settings is None or libc is None:
+    if settings is None:
+        return False
+    libc = libc if libc is not None else _glibc()
+    if libc is None:
         return False
     results = [libc.mallopt(param, value) for param, value in settings.options()]  # each one, even after a refusal
     taken = all(r == 1 for r in results)

@@ -192,8 +192,7 @@ def _start_validator(cfg: ExperimentConfig, fp: str, experiment_id: str, num_cla
     actor, restarted in place if its process dies (calls in flight are retried there); it reads its record
     back from ``state_dir``, so it stays on this node, where that folder is."""
     args = (cfg, fp, experiment_id, num_classes, in_channels, t_start, str(state_dir), own_volumes)
-    if in_process:  # before the validation and training threads start, so that they share one arena
-        keep_freed_memory(cfg.training.heap_keep_mib)
+    if in_process:
         return LocalValidator(ValidationService(*args))
     return ActorValidator(ray.remote(ValidationService).options(
         name=f"validator-{experiment_id}", namespace=cfg.cache.namespace, max_concurrency=2,
@@ -238,6 +237,8 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
         fp, experiment_id = fingerprint(catalog, cfg.preprocessing), f"{cfg.name}-{uuid.uuid4().hex[:6]}"
     validator = None
     in_process = cfg.training.runs_in_process(opts.sweep_trial)
+    if in_process:  # this process trains and validates: before its threads start, so that they share one arena
+        keep_freed_memory(cfg.training.heap_keep_mib)
     try:  # from here on the experiment is registered: every way out releases it (and the validator)
         # the cache's own chain (CT statistics are read back from the stats folder, not recomputed): without a
         # cache, trainers and validation run it themselves, and model.pt records its normalisation for predict
