@@ -177,7 +177,9 @@ class _Fill:
     def _check(self) -> None:
         if self.cache is None or self.experiment is None:
             return
-        status = self.cache.wait_until_ready(progress=self.show_progress)
+        # through the experiment's handle, which re-attaches while the cache restarts (for up to
+        # cache.recover_timeout_s), as the trainers' calls do: a restart during the fill is waited out
+        status = self.experiment.wait_until_ready(progress=self.show_progress)
         for q in status.quarantined:
             print(f"warning: {q.item_id} ({q.split}) is quarantined and left out: {q.error}")
         _require_usable(status, self.catalog)
@@ -262,7 +264,7 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
         rows, val_rows = validator.train_rows(), validator.history()
         example, best_weights = validator.example_case(), validator.best_weights()
         faults = _faults_of(cache, experiment_id, validator.faults())
-    except (ray.exceptions.RayError, ray.train.TrainingFailedError) as err:
+    except (ray.exceptions.RayError, ray.train.TrainingFailedError, CacheUnavailableError) as err:
         raise TrainingFailedError(f"training of {experiment_id} failed: {_short(err)}") from err
     finally:
         _release(validator, exp)

@@ -20,7 +20,7 @@ from cache_service.sdk.batches import ConsumerSettings, CropBatches, CropDataset
 from cache_service.sdk.device import DeviceVolumes
 from cache_service.sdk.lease import RENEWALS_PER_LEASE, LeaseKeeper
 from cache_service.snapshot import Snapshot
-from cache_service.status import ExperimentStatus, SamplerReport
+from cache_service.status import CacheStatus, ExperimentStatus, SamplerReport
 from common.volume import PreparedVolume
 
 
@@ -107,9 +107,20 @@ class Experiment:
         consumer may open its experiment and start its workers while the cache is still filling.
         """
         if not self._warm:
-            protocol.wait_warm(self.cache, self.warm_timeout_s)
-            self._warm = True
+            self.wait_until_ready()
         return protocol.epoch_snapshot(self.cache, self.id, epoch)
+
+    def wait_until_ready(self, progress: bool = False) -> CacheStatus:
+        """Block until the pool's first fill is done (up to ``warm_timeout_s``) and return the cache's status.
+
+        Unlike :meth:`SmartCache.wait_until_ready` this waits through the experiment's own handle:
+        with ``recover_timeout_s`` a cache that restarts during the fill is waited out like any
+        other call, and one that does not come back raises
+        :class:`~common.errors.CacheUnavailableError` after ``recover_timeout_s``.
+        """
+        status = protocol.wait_warm(self.cache, self.warm_timeout_s, progress=progress)
+        self._warm = True
+        return status
 
     def batches(self, epoch: int, *, rank: int = 0, world_size: int = 1,
                 patch_size: Sequence[int] | None = None, batch_size: int | None = None,

@@ -40,7 +40,7 @@ from cache_service.handle import CacheCalls, CacheHandle
 from cache_service.sdk.batches import ConsumerSettings, CropBatches
 from cache_service.sdk.device import DeviceVolumes
 from cache_service.snapshot import Snapshot
-from cache_service.status import ExperimentStatus, SamplerReport
+from cache_service.status import CacheStatus, ExperimentStatus, SamplerReport
 from common.config import SamplerConfig
 from common.errors import UnknownItemError
 from common.scoring import ValidationResult, score, summarise  # the validation actor's scoring too
@@ -64,10 +64,10 @@ def heartbeat(cache: CacheCalls, experiment_id: str) -> bool:
 
 
 # 3. snapshot ----------------------------------------------------------------------------------
-def wait_warm(cache: CacheCalls, timeout_s: float) -> None:
-    """Return once the pool's first fill is done (raise PoolFailedError if it failed): a pool still
-    filling must not become an epoch. Lets a consumer attach and start up while the cache fills."""
-    client.wait_until_ready(cache, timeout_s=timeout_s, progress=False)
+def wait_warm(cache: CacheCalls, timeout_s: float, progress: bool = False) -> CacheStatus:
+    """Return the status once the pool's first fill is done (raise PoolFailedError if it failed): a pool
+    still filling must not become an epoch. Lets a consumer attach and start up while the cache fills."""
+    return client.wait_until_ready(cache, timeout_s=timeout_s, progress=progress)
 
 
 def epoch_snapshot(cache: CacheCalls, experiment_id: str, epoch: int) -> Snapshot:

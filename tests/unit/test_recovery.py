@@ -10,6 +10,8 @@ from ray.exceptions import OwnerDiedError
 
 import cache_service.recovery as recovery
 from cache_service.recovery import RecoveringFetch, ResilientCache
+from cache_service.sdk import Experiment
+from cache_service.sdk.batches import ConsumerSettings
 from cache_service.snapshot import Snapshot
 from cache_service.status import CacheStatus
 from common.backoff import Backoff
@@ -59,6 +61,11 @@ class FakeHandle:
 
     def status(self) -> CacheStatus:
         self.cluster.calls.append("status")
+        if self.cluster.dies_in is not None:  # the actor dies at this poll and stays away for `down_after` attaches
+            self.cluster.dies_in -= 1
+            if self.cluster.dies_in < 0:
+                self.cluster.dies_in, self.cluster.down = None, self.cluster.down_after
+                raise CacheUnavailableError("smartcache-ab", "died while filling")
         self.cluster.filling -= 1
         return _status("filling" if self.cluster.filling >= 0 else "ready", self.cluster.knows)
 
@@ -83,6 +90,8 @@ class FakeCluster:
         self.down, self.filling, self.knows = down, filling, knows
         self.calls: list[str] = []
         self.lose_next = False
+        self.dies_in: int | None = None
+        self.down_after = 0
 
     def attach(self, fingerprint: str, namespace: str, timeout_s: float) -> FakeHandle:
         if self.down > 0:
@@ -145,6 +154,37 @@ def test_a_typed_call_reregisters_an_experiment_the_restarted_cache_lost(fake):
     assert cache.get_ratio("exp3") == 2.0 and "exp3" in cluster.knows
     with pytest.raises(UnknownItemError):  # someone else's experiment is not ours to re-register
         cache.get_ratio("nobody")
+
+
+def _filling_experiment(cluster: FakeCluster, t: FakeTime, recover_timeout_s: float) -> Experiment:
+    """An experiment opened while the cache fills; the cache dies at its third status poll."""
+    exp = Experiment("ab", "ns", "exp", ConsumerSettings(batch_size=2), num_classes=2,
+                     recover_timeout_s=recover_timeout_s)
+    exp._cache = ResilientCache("ab", "ns", recover_timeout_s, experiment_id="exp", sleep=t.sleep,
+                                clock=lambda: t.now, rng=np.random.default_rng(0))
+    cluster.dies_in = 2
+    return exp
+
+
+def test_the_fill_wait_rides_out_a_cache_that_dies_while_filling(fake):
+    cluster = fake(down=0, filling=4)
+    t = FakeTime()
+    exp = _filling_experiment(cluster, t, recover_timeout_s=60)
+    cluster.down_after = 2  # two failed attaches, then back (and warm: the restart's polls use up `filling`)
+    status = exp.wait_until_ready()
+    assert status.state == "ready" and 0 < t.now < 60 and len(exp.cache.recoveries) == 1
+    # the wait counts as this process's warm-up: a first snapshot will not poll the status again
+    assert exp._warm
+
+
+def test_the_fill_wait_gives_up_after_recover_timeout_when_the_cache_stays_away(fake):
+    cluster = fake(down=0, filling=4)
+    t = FakeTime()
+    exp = _filling_experiment(cluster, t, recover_timeout_s=10)
+    cluster.down_after = 10**6  # stopped for good
+    with pytest.raises(CacheUnavailableError, match=r"did not come back within cache.recover_timeout_s=10s"):
+        exp.wait_until_ready()
+    assert t.now == pytest.approx(10.0) and not exp._warm
 
 
 class LostRefs:

@@ -57,6 +57,8 @@ def test_the_word_survives_a_restart_of_the_validation_actor(tmp_path) -> None:
 
 
 class NotUsable:
+    """An experiment whose fill wait finds nothing to train on."""
+
     def wait_until_ready(self, progress: bool) -> Any:
         raise RuntimeError("every training case quarantined")
 
@@ -67,5 +69,5 @@ def test_the_launcher_lets_them_train_or_gives_up_with_its_own_error() -> None:
     assert link.decided == [True]
     link = Words()
     with pytest.raises(RuntimeError, match="quarantined"):
-        _Fill(NotUsable(), object(), None, link, False, 0.0).wait()  # type: ignore[arg-type]
+        _Fill(object(), NotUsable(), None, link, False, 0.0).wait()  # type: ignore[arg-type]
     assert link.decided == [False]
