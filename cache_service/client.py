@@ -19,9 +19,9 @@ from cache_service.names import cache_name, is_cache_name
 from cache_service.status import CacheStatus
 from common.catalog import Catalog
 from common.config import CacheSideConfig
+from common.config.cache import CACHE_ACTOR_NUM_CPUS
 from common.errors import CacheUnavailableError, DataError, PoolFailedError
 
-ACTOR_NUM_CPUS = 0.25
 ACTOR_MAX_CONCURRENCY = 16
 
 
@@ -70,7 +70,7 @@ def _preprocessor_bytes(catalog: Catalog, cfg: CacheSideConfig, fp: str) -> byte
 
 
 def get_or_create_cache(catalog: Catalog, cfg: CacheSideConfig, fingerprint: str, *, seed: int = 0,
-                        actor_num_cpus: float = ACTOR_NUM_CPUS, timeout_s: float = 120.0,
+                        actor_num_cpus: float = CACHE_ACTOR_NUM_CPUS, timeout_s: float = 120.0,
                         preprocessor: bytes | None = None) -> CacheHandle:
     """Attach to the cache for ``fingerprint`` or start it (detached, named, in ``cfg.cache.namespace``).
 

@@ -8,6 +8,7 @@ turns what the workers and the validation actor recorded into report files.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from cache_service.sdk import Experiment, SmartCache
 from common.catalog import Catalog, fingerprint, load_catalog
 from common.config import ExperimentConfig
+from common.cpu_budget import cpu_budget, require_rotation_fits
 from common.errors import CacheUnavailableError, ConfigError
 from common.heap import heap_env, keep_freed_memory
 from common.ids import check_experiment_id, contained_folder
@@ -59,8 +61,9 @@ def in_channels_of(catalog: Catalog) -> int:
     return 1 if len(shape) == 3 else int(shape[-1])
 
 
-def check_fits_cluster(cfg: ExperimentConfig) -> None:
-    """Refuse a request the cluster cannot place, instead of waiting forever for resources."""
+def check_fits_cluster(cfg: ExperimentConfig, in_process: bool = False) -> None:
+    """Refuse a request the cluster cannot place, instead of waiting forever for resources, and one beside
+    which the cache's preparation tasks could never start (its pool would not rotate)."""
     resources = ray.cluster_resources()
     cpus = float(resources.get("CPU", 0))
     need = cfg.training.num_workers * cfg.training.worker_num_cpus
@@ -79,6 +82,8 @@ def check_fits_cluster(cfg: ExperimentConfig) -> None:
                           f"{train_gpus + val_gpus:g}. Share GPUs (e.g. training.worker_num_gpus=0.5 and "
                           "validation.num_gpus=0.5 on one GPU), validate on CPU (validation.num_gpus=0), "
                           "use fewer workers, or set training.use_gpu=false")
+    if cfg.cache.enabled:
+        require_rotation_fits(cpu_budget(cfg, cpus, in_process, node_cpus=os.cpu_count() or 1))
 
 
 def validator_resources(cfg: ExperimentConfig) -> dict[str, float]:
@@ -230,7 +235,8 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
     catalog = load_catalog(cfg.data.dataset_dir, cfg.data)
     if not catalog.val:
         raise ConfigError("data.val_fraction", cfg.data.val_fraction, "a split with at least one validation case")
-    check_fits_cluster(cfg)
+    in_process = cfg.training.runs_in_process(opts.sweep_trial)
+    check_fits_cluster(cfg, in_process)
     if cfg.cache.enabled:
         cache, exp, t_fill = _open_experiment(cfg, catalog, opts.info)
         fp, experiment_id = cache.fingerprint, exp.id
@@ -238,7 +244,6 @@ def run_experiment(cfg: ExperimentConfig, opts: LaunchOptions) -> RunReport:
         cache, exp, t_fill = None, None, t_start
         fp, experiment_id = fingerprint(catalog, cfg.preprocessing), f"{cfg.name}-{uuid.uuid4().hex[:6]}"
     validator = None
-    in_process = cfg.training.runs_in_process(opts.sweep_trial)
     if in_process:  # this process trains and validates: before its threads start, so that they share one arena
         keep_freed_memory(cfg.training.heap_keep_mib)
     try:  # from here on the experiment is registered: every way out releases it (and the validator)

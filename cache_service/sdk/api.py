@@ -34,6 +34,7 @@ from cache_service.status import CacheStatus
 from common.catalog import Catalog, fingerprint, load_catalog
 from common.chain import UserChain, split_user_chain
 from common.config import AugmentConfig, ExperimentConfig, SamplerConfig, config_from_dict
+from common.config.cache import CACHE_ACTOR_NUM_CPUS
 from common.ids import check_experiment_id
 from common.patch_fit import require_patch_fits
 from common.preprocess import Preprocessor
@@ -87,7 +88,7 @@ class SmartCache:
     @classmethod
     def from_config(cls, cfg: ExperimentConfig, *, catalog: Catalog | None = None,
                     transforms: Compose | Sequence[Callable] | None = None, wait: bool = True,
-                    progress: bool = False, actor_num_cpus: float = client.ACTOR_NUM_CPUS) -> "SmartCache":
+                    progress: bool = False, actor_num_cpus: float = CACHE_ACTOR_NUM_CPUS) -> "SmartCache":
         """The same from a full :class:`~common.config.ExperimentConfig` (what ``smartcache train`` uses)."""
         catalog = catalog or load_catalog(cfg.data.dataset_dir, cfg.data)
         chain, prep_bytes = None, None

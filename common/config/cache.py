@@ -12,6 +12,9 @@ from common.config.section import Section
 
 PositiveBytes = Annotated[ByteSize, rule(lambda v: v > 0, "a positive byte count")]
 
+#: the cache actor's logical CPUs: it only bookkeeps and submits; its preparation tasks do the work
+CACHE_ACTOR_NUM_CPUS = 0.25
+
 
 def user_cache_root() -> Path:
     """``$XDG_CACHE_HOME/smartcache`` (``~/.cache/smartcache`` when unset): per user, outside any repository."""
@@ -47,6 +50,10 @@ class CacheConfig(Section):
     """A consumer waits this long for a dead cache to come back, then gives up."""
     idle_timeout_s: Seconds = 600.0
     task_num_cpus: Annotated[Float, rule(lambda v: 0 < v <= 64, "a CPU share in (0, 64]")] = 0.5
+    """Ray's CPU share per preparation task. The cache itself bounds how many run at once (fill_workers,
+    replace_workers), so the share only has to let Ray place them beside the run: at most what the trainers,
+    validation and the cache actor (0.25) leave, over the fill's tasks, or the trainers start after the fill.
+    A run that leaves no room for one task is refused: its pool would never rotate (common/cpu_budget.py)."""
     namespace: Str = "smartcache"
     stats_dir: Str | None = None
     """Where dataset-wide CT statistics are kept; null: ~/.cache/smartcache-seg."""

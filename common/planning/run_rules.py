@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from common.config.cache import CACHE_ACTOR_NUM_CPUS
+from common.cpu_budget import task_share
 from common.planning.choice import Choice
 from common.planning.fingerprint import DatasetFingerprint
 from common.planning.machine import Machine
@@ -45,7 +47,7 @@ def plan_resources(machine: Machine, num_train: int) -> Resources:
     if machine.has_gpu:
         g = machine.total_gpus
         per_node = min(n.cpus / max(1, n.gpus) for n in machine.nodes if n.gpus)
-        worker_cpus = float(max(1, min(8, int(per_node) - 1)))
+        worker_cpus = float(max(1, min(8, int(per_node - 1.5))))
         share = 0.5 if g == 1 else 0.75
         device = "cuda" if num_train >= 10 else "cpu"
         choices = (
@@ -53,15 +55,15 @@ def plan_resources(machine: Machine, num_train: int) -> Resources:
             Choice("training.num_workers", g, "one DDP rank per GPU (nccl)"),
             Choice("training.worker_num_gpus", share, f"{share:g} GPU per rank leaves {1 - share:g} of a GPU to the "
                                                       "validation actor, so validation never waits for a free GPU"),
-            Choice("training.worker_num_cpus", worker_cpus, f"{per_node:g} CPUs per GPU on a node, one left to the "
-                                                            "cache's tasks"),
+            Choice("training.worker_num_cpus", worker_cpus, f"{per_node:g} CPUs per GPU on a node, 1.5 left to "
+                                                            "validation, the cache actor and its tasks"),
             Choice("validation.num_gpus", 1 - share, "the GPU share the ranks leave free"),
             Choice("validation.num_cpus", 1.0, "one core beside the GPU"),
             Choice("sampler.device", device, "crops cut on the GPU from volumes uploaded once per generation"
                    if device == "cuda" else f"only {num_train} training cases: the host path keeps affine "
                                             "augmentation, which the GPU crop path lacks"),
             Choice("cache.replace_workers", min(4, max(1, int(cpus * 0.1))), "10 % of the CPUs, at most 4"),
-            Choice("cache.task_num_cpus", 1.0, "one core per preparation task"))
+            _task_share(machine, cpus - g * worker_cpus - 1.0, cap=1.0))
         return Resources(True, g, worker_cpus, choices)
     reserve = max(1.0, cpus * 0.25)
     workers = max(1, min(8, int((cpus - reserve) // 4)))
@@ -76,8 +78,20 @@ def plan_resources(machine: Machine, num_train: int) -> Resources:
         Choice("sampler.device", "cpu", "no GPU: crops are cut by the host producer thread"),
         Choice("cache.replace_workers", 1 if small else 2, f"{cpus:g} CPUs: {'one' if small else 'two'} "
                                                            "preparation task(s) at a time beside training"),
-        Choice("cache.task_num_cpus", 0.5 if small else 1.0, "a share that still fits beside the ranks"))
+        _task_share(machine, cpus - workers * worker_cpus - (0.5 if small else 1.0), cap=0.5 if small else 1.0))
     return Resources(False, workers, worker_cpus, choices)
+
+
+def _task_share(machine: Machine, left: float, cap: float) -> Choice:
+    """The preparation tasks' share of a CPU: what the ranks and validation leave (``left``), less the cache
+    actor's, split over the fill's tasks (one per core of the smallest node), so that the trainers start
+    while the pool fills and a replacement always fits beside them (see :mod:`common.cpu_budget`)."""
+    fill = max(1, int(min(n.cpus for n in machine.nodes)))
+    left -= CACHE_ACTOR_NUM_CPUS
+    share = min(cap, task_share(left, fill))
+    return Choice("cache.task_num_cpus", share,
+                  f"the {left:g} CPUs the ranks, validation and the cache actor leave, over the fill's {fill} tasks: "
+                  "the trainers start while the pool fills and a replacement always fits beside them")
 
 
 def plan_optimizer(num_train: int) -> Choice:

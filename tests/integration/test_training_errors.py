@@ -29,6 +29,15 @@ def test_more_workers_than_cpus(ray_cluster, demo_root, stats_dir, tmp_path):
         run_experiment(cfg, LaunchOptions(tmp_path / "o", show_progress=False))
 
 
+@pytest.mark.timeout(60)
+def test_a_run_beside_which_the_cache_could_not_rotate_is_refused(ray_cluster, demo_root, stats_dir, tmp_path):
+    cfg = tiny_config(demo_root, stats_dir, num_workers=1, worker_num_cpus=1.0)  # + 0.5 + the actor's 0.25
+    cfg = cfg.replace(validation=cfg.validation.replace(num_cpus=0.5), cache=cfg.cache.replace(task_num_cpus=0.5))
+    with pytest.raises(ConfigError, match=r"never rotate; set cache.task_num_cpus=0.125"):
+        run_experiment(cfg, LaunchOptions(tmp_path / "o", show_progress=False))
+    assert cache_actor_names(cfg.cache.namespace) == []  # refused before anything started
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_patch_larger_than_every_volume_fails_only_that_experiment(ray_cluster, demo_root, stats_dir, tmp_path):

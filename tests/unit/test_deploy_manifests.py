@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from common.config import ExperimentConfig, load_config
+from common.cpu_budget import cpu_budget, require_rotation_fits
 from trainer.cli import build_parser
 from trainer.launcher import validator_resources
 
@@ -90,6 +91,7 @@ def test_cluster_launcher_commands_and_resources() -> None:
     assert cfg.training.use_gpu and cfg.training.num_workers <= gpus
     _assert_gpus_fit(cfg, gpus)
     assert cfg.training.num_workers * cfg.training.worker_num_cpus <= cpus
+    require_rotation_fits(cpu_budget(cfg, cpus, in_process=False, node_cpus=cpus))  # the pool can rotate
 
 
 # ---- KubeRay -------------------------------------------------------------------------------------
@@ -125,6 +127,7 @@ def test_raycluster_resources_and_images() -> None:
     assert any(p["containerPort"] == 8740 for p in head["ports"]), "the status API port is not exposed"
     cfg = _train_config_for_jobs()
     assert cfg.training.num_workers <= gpus and cfg.training.num_workers * cfg.training.worker_num_cpus <= cpus
+    require_rotation_fits(cpu_budget(cfg, cpus, in_process=False, node_cpus=cpus))  # the pool can rotate
     _assert_gpus_fit(cfg, gpus)
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     assert f"rayproject/ray:{spec['rayVersion']}-" in dockerfile, "rayVersion differs from the image's Ray"

@@ -38,7 +38,7 @@ def test_an_error_after_registering_closes_the_experiment(failing: str, tmp_path
     cfg = config_from_dict({"data": {"dataset_dir": str(data), "val_fraction": 0.5},
                             "cache": {"stats_dir": str(tmp_path / "stats")}})
     exp = _Exp()
-    monkeypatch.setattr(launcher, "check_fits_cluster", lambda cfg: None)
+    monkeypatch.setattr(launcher, "check_fits_cluster", lambda cfg, in_process: None)
     monkeypatch.setattr(launcher, "_open_experiment", lambda *a, **k: (_Cache(), exp, 0.0))
     if failing != "build_preprocessor":
         monkeypatch.setattr(launcher, "build_preprocessor", lambda *a, **k: object())

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from common.config import config_from_dict
+from common.cpu_budget import cpu_budget, require_rotation_fits
 from common.errors import ConfigError
 from common.planning.fingerprint import PERCENTILES, CaseStats, DatasetFingerprint
 from common.planning.machine import Machine, NodeSpec, described_machine
@@ -57,6 +58,9 @@ def test_gpu_node_and_cpu_node_get_different_sensible_plans() -> None:
         cfg = plan.config("/data")
         t = cfg.training
         assert t.num_workers * t.worker_num_cpus + cfg.validation.num_cpus <= machine.total_cpus
+        budget = cpu_budget(cfg, machine.total_cpus, in_process=False, node_cpus=machine.nodes[0].cpus)
+        require_rotation_fits(budget)  # a replacement always finds its share beside the run
+        assert budget.trainers_start_during_fill
         if t.use_gpu:
             assert t.num_workers * t.worker_num_gpus + cfg.validation.num_gpus <= machine.total_gpus
 
@@ -204,3 +208,14 @@ def test_validation_runs_as_often_as_its_own_share_keeps_up() -> None:
     windows = math.prod(math.ceil(s / (r * 0.75)) for s, r in zip(grid.median_shape, roi))
     val_s = 2 * windows * math.prod(roi) / 3 / validation_voxels_per_s(res)  # 2 validation cases
     assert slow["validation.interval"] == min(10, math.ceil(val_s / 1.0))
+
+
+@pytest.mark.parametrize("spec", ["1x2", "1x4", "1x8", "1x16", "4x16", "1x4:1x16GiB", "1x16:1x24GiB", "1x64:8x80GiB",
+                                  "2x16:2x40GiB"])
+def test_planned_shares_leave_the_cache_room_to_fill_beside_the_trainers_and_to_rotate(spec: str) -> None:
+    machine = described_machine(spec)
+    cfg = make_plan(isotropic_ct(), machine).config("/data")
+    budget = cpu_budget(cfg, machine.total_cpus, in_process=False, node_cpus=min(n.cpus for n in machine.nodes))
+    require_rotation_fits(budget)
+    assert budget.trainers_start_during_fill, budget
+    assert 0 < cfg.cache.task_num_cpus <= 1.0
