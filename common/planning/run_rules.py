@@ -49,6 +49,7 @@ def plan_resources(machine: Machine, num_train: int) -> Resources:
         per_node = min(n.cpus / max(1, n.gpus) for n in machine.nodes if n.gpus)
         worker_cpus = float(max(1, min(8, int(per_node - 1.5))))
         share = 0.5 if g == 1 else 0.75
+        val_cpus = 1.0 if cpus - g * worker_cpus >= 2 else 0.5  # and room left for the cache's tasks
         device = "cuda" if num_train >= 10 else "cpu"
         choices = (
             Choice("training.use_gpu", True, f"{g} GPU(s) found"),
@@ -58,12 +59,13 @@ def plan_resources(machine: Machine, num_train: int) -> Resources:
             Choice("training.worker_num_cpus", worker_cpus, f"{per_node:g} CPUs per GPU on a node, 1.5 left to "
                                                             "validation, the cache actor and its tasks"),
             Choice("validation.num_gpus", 1 - share, "the GPU share the ranks leave free"),
-            Choice("validation.num_cpus", 1.0, "one core beside the GPU"),
+            Choice("validation.num_cpus", val_cpus, "one core beside the GPU" if val_cpus == 1.0 else
+                   "half a core: the ranks leave one, which the cache actor and its tasks share with validation"),
             Choice("sampler.device", device, "crops cut on the GPU from volumes uploaded once per generation"
                    if device == "cuda" else f"only {num_train} training cases: the host path keeps affine "
                                             "augmentation, which the GPU crop path lacks"),
             Choice("cache.replace_workers", min(4, max(1, int(cpus * 0.1))), "10 % of the CPUs, at most 4"),
-            _task_share(machine, cpus - g * worker_cpus - 1.0, cap=1.0))
+            _task_share(machine, cpus - g * worker_cpus - val_cpus, cap=1.0))
         return Resources(True, g, worker_cpus, choices)
     reserve = max(1.0, cpus * 0.25)
     workers = max(1, min(8, int((cpus - reserve) // 4)))

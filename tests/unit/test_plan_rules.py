@@ -210,8 +210,8 @@ def test_validation_runs_as_often_as_its_own_share_keeps_up() -> None:
     assert slow["validation.interval"] == min(10, math.ceil(val_s / 1.0))
 
 
-@pytest.mark.parametrize("spec", ["1x2", "1x4", "1x8", "1x16", "4x16", "1x4:1x16GiB", "1x16:1x24GiB", "1x64:8x80GiB",
-                                  "2x16:2x40GiB"])
+@pytest.mark.parametrize("spec", ["1x2", "1x4", "1x8", "1x16", "4x16", "1x2:1x16GiB", "1x4:1x16GiB", "1x16:1x24GiB",
+                                  "1x64:8x80GiB", "2x16:2x40GiB"])
 def test_planned_shares_leave_the_cache_room_to_fill_beside_the_trainers_and_to_rotate(spec: str) -> None:
     machine = described_machine(spec)
     cfg = make_plan(isotropic_ct(), machine).config("/data")
