@@ -11,8 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from common.config.cache import CACHE_ACTOR_NUM_CPUS
-from common.cpu_budget import task_share
+from common.cpu_budget import CpuBudget, task_share
 from common.planning.choice import Choice
 from common.planning.fingerprint import DatasetFingerprint
 from common.planning.machine import Machine
@@ -65,33 +64,33 @@ def plan_resources(machine: Machine, num_train: int) -> Resources:
                    if device == "cuda" else f"only {num_train} training cases: the host path keeps affine "
                                             "augmentation, which the GPU crop path lacks"),
             Choice("cache.replace_workers", min(4, max(1, int(cpus * 0.1))), "10 % of the CPUs, at most 4"),
-            _task_share(machine, cpus - g * worker_cpus - val_cpus, cap=1.0))
+            _task_share(machine, g * worker_cpus, val_cpus, cap=1.0))
         return Resources(True, g, worker_cpus, choices)
     reserve = max(1.0, cpus * 0.25)
     workers = max(1, min(8, int((cpus - reserve) // 4)))
     worker_cpus = max(1.0, float(math.floor((cpus - reserve) / workers)))
     small = cpus <= 4
+    val_cpus = 0.5 if small else 1.0
     choices = (
         Choice("training.use_gpu", False, "no GPU in the cluster"),
         Choice("training.num_workers", workers, f"{cpus:g} CPUs less {reserve:g} for the cache and validation, "
                                                 "at least 4 cores per DDP rank (gloo)"),
         Choice("training.worker_num_cpus", worker_cpus, "the training cores split evenly over the ranks"),
-        Choice("validation.num_cpus", 0.5 if small else 1.0, "what the ranks leave"),
+        Choice("validation.num_cpus", val_cpus, "what the ranks leave"),
         Choice("sampler.device", "cpu", "no GPU: crops are cut by the host producer thread"),
         Choice("cache.replace_workers", 1 if small else 2, f"{cpus:g} CPUs: {'one' if small else 'two'} "
                                                            "preparation task(s) at a time beside training"),
-        _task_share(machine, cpus - workers * worker_cpus - (0.5 if small else 1.0), cap=0.5 if small else 1.0))
+        _task_share(machine, workers * worker_cpus, val_cpus, cap=0.5 if small else 1.0))
     return Resources(False, workers, worker_cpus, choices)
 
 
-def _task_share(machine: Machine, left: float, cap: float) -> Choice:
-    """The preparation tasks' share of a CPU: what the ranks and validation leave (``left``), less the cache
-    actor's, split over the fill's tasks (one per core of the smallest node), so that the trainers start
-    while the pool fills and a replacement always fits beside them (see :mod:`common.cpu_budget`)."""
+def _task_share(machine: Machine, trainers: float, validation: float, cap: float) -> Choice:
+    """The preparation tasks' share of a CPU: what the ranks, validation and the cache actor leave (the
+    launcher's own budget, :mod:`common.cpu_budget`), split over the fill's tasks (one per core of the
+    smallest node), so that the trainers start while the pool fills and a replacement always fits beside them."""
     fill = max(1, int(min(n.cpus for n in machine.nodes)))
-    left -= CACHE_ACTOR_NUM_CPUS
-    share = min(cap, task_share(left, fill))
-    return Choice("cache.task_num_cpus", share,
+    left = CpuBudget(machine.total_cpus, trainers, validation, task=cap, fill_tasks=fill).left_for_tasks
+    return Choice("cache.task_num_cpus", min(cap, task_share(left, fill)),
                   f"the {left:g} CPUs the ranks, validation and the cache actor leave, over the fill's {fill} tasks: "
                   "the trainers start while the pool fills and a replacement always fits beside them")
 
