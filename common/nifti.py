@@ -47,13 +47,21 @@ def _declared_shape(path: Path, img: nib.Nifti1Image, max_voxels: int) -> tuple[
     return shape
 
 
-def read_nifti(path: str, dtype: type = np.float32,
+def read_nifti(path: str, dtype: type | None = np.float32,
                max_voxels: int = MAX_VOXELS) -> tuple[np.ndarray, np.ndarray]:
     """Return (array, affine) of one NIfTI file or raise DataError saying what is wrong.
 
     The header is checked first (:func:`_declared_shape`), so a tiny file that declares
     10000^3 voxels is refused instead of ending the process with a MemoryError.
+    ``dtype=None`` keeps the file's own type (after any scaling the header asks for), so a
+    uint8 label is not inflated to four bytes per voxel before it is checked.
     """
+    data, affine, _ = _read(path, dtype, max_voxels)
+    return data, affine
+
+
+def _read(path: str, dtype: type | None, max_voxels: int) -> tuple[np.ndarray, np.ndarray, np.dtype]:
+    """:func:`read_nifti`, also returning the type the file stores its voxels in."""
     p = Path(path)
     if not p.is_file():
         raise DataError(path, "file does not exist")
@@ -64,7 +72,7 @@ def read_nifti(path: str, dtype: type = np.float32,
             shape = shape[:3] + shape[4:]
         if len(shape) not in (3, 4):
             raise DataError(path, f"expected a 3D volume (or 4D with channels last), got shape {shape}")
-        data = np.asarray(img.dataobj, dtype=dtype).reshape(shape)
+        data = (np.asanyarray(img.dataobj) if dtype is None else np.asarray(img.dataobj, dtype=dtype)).reshape(shape)
     except DataError:
         raise
     except (nib.filebasedimages.ImageFileError, EOFError, zlib.error, OSError, ValueError) as err:
@@ -72,7 +80,7 @@ def read_nifti(path: str, dtype: type = np.float32,
     except MemoryError as err:
         raise DataError(path, f"the volume does not fit in memory ({type(err).__name__}: {err}); "
                               "lower preprocessing.max_voxels to refuse such files up front") from err
-    return data, np.asarray(img.affine, dtype=np.float64)
+    return data, np.asarray(img.affine, dtype=np.float64), np.dtype(img.get_data_dtype())
 
 
 def _channels_first(image: np.ndarray, path: str, num_channels: int) -> np.ndarray:
@@ -85,38 +93,55 @@ def _channels_first(image: np.ndarray, path: str, num_channels: int) -> np.ndarr
     return image[None] if image.ndim == 3 else np.moveaxis(image, -1, 0)
 
 
+def _label_problem(label: np.ndarray, num_classes: int) -> list[int | float]:
+    """Label values that are not integers in ``0..num_classes-1`` (at most 10), found without sorting.
+
+    A CT label has tens of millions of voxels; ``np.unique`` over all of them sorted a copy and
+    cost more CPU than resampling the case. The range (and, for float labels, integrality) is
+    checked in a few passes, and only the offending voxels' values are collected.
+    """
+    if np.issubdtype(label.dtype, np.integer):
+        if label.size == 0 or (int(label.min()) >= 0 and int(label.max()) < num_classes):
+            return []
+        bad = (label < 0) | (label >= num_classes)
+    else:
+        bad = ~((label >= 0) & (label < num_classes) & (label == np.floor(label)))
+        if not bad.any():
+            return []
+    values = np.unique(label[bad])[:10]
+    return [int(v) if np.isfinite(v) and v == int(v) else float(v) for v in values]
+
+
 def load_checked_pair(image_path: str, label_path: str, num_classes: int, num_channels: int = 1,
                       max_voxels: int = MAX_VOXELS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Load image (C, X, Y, Z) float32 and label (1, X, Y, Z) uint8 with their shared affine.
 
     Checks, in order: both headers are sane (size, voxel limit, 3D/4D), both files exist
     and decode, the image has ``num_channels`` channels, spatial shapes match, affines match
-    (within 1e-3 mm), no NaN or infinite intensities, label values are integers in
-    ``0..num_classes-1``.
+    (within 1e-3 mm), no NaN or infinite intensities (only a float file can hold them), label
+    values are integers in ``0..num_classes-1``.
     """
-    image, img_affine = read_nifti(image_path, np.float32, max_voxels)
+    image, img_affine, stored = _read(image_path, np.float32, max_voxels)
     image = _channels_first(image, image_path, num_channels)
-    label_f, lab_affine = read_nifti(label_path, np.float32, max_voxels)
-    if label_f.ndim == 4 and label_f.shape[-1] == 1:
-        label_f = label_f[..., 0]
-    if label_f.ndim != 3:
-        raise DataError(label_path, f"label must be a 3D volume, got shape {label_f.shape}")
-    if image.shape[1:] != label_f.shape:
-        raise DataError(label_path, f"label shape {label_f.shape} does not match image shape "
+    label, lab_affine = read_nifti(label_path, None, max_voxels)
+    if label.ndim == 4 and label.shape[-1] == 1:
+        label = label[..., 0]
+    if label.ndim != 3:
+        raise DataError(label_path, f"label must be a 3D volume, got shape {label.shape}")
+    if image.shape[1:] != label.shape:
+        raise DataError(label_path, f"label shape {label.shape} does not match image shape "
                                     f"{image.shape[1:]} of {image_path}")
     if not np.allclose(img_affine, lab_affine, atol=AFFINE_TOLERANCE_MM):
         raise DataError(label_path, f"label affine differs from the image affine of {image_path}:\n"
                                     f"{np.round(lab_affine, 4)}\nvs\n{np.round(img_affine, 4)}")
-    if not np.isfinite(image).all():
+    if np.issubdtype(stored, np.floating) and not np.isfinite(image).all():  # integers cannot be NaN
         bad = int((~np.isfinite(image)).sum())
         raise DataError(image_path, f"{bad} voxel(s) are NaN or infinite")
-    values = np.unique(label_f)
-    bad_values = values[(values != np.round(values)) | (values < 0) | (values >= num_classes)]
-    if bad_values.size:
-        shown = [int(v) if v == int(v) else float(v) for v in bad_values[:10]]
-        raise DataError(label_path, f"label values {shown} are outside the declared classes "
+    bad_values = _label_problem(label, num_classes)
+    if bad_values:
+        raise DataError(label_path, f"label values {bad_values} are outside the declared classes "
                                     f"0..{num_classes - 1} of dataset.json")
-    return image, label_f.astype(np.uint8)[None], img_affine
+    return image, label.astype(np.uint8)[None], img_affine
 
 
 class LoadCheckedPaird(MapTransform):

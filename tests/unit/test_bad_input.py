@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,32 @@ def test_label_values_outside_declared_classes(tmp_path, make_case, make_dataset
     with pytest.raises(DataError, match=r"label values \[3\] are outside the declared classes 0..1") as info:
         _prep()(rec)
     assert info.value.path == rec.label
+
+
+@pytest.mark.parametrize("dtype, bad, shown", [(np.int16, -1, "[-1]"), (np.float32, 0.5, "[0.5]"),
+                                               (np.float32, np.nan, "[nan]"), (np.int32, 7, "[7]")])
+def test_label_values_checked_in_the_files_own_type(tmp_path, make_case, make_dataset, dtype, bad, shown):
+    """Signed, float and wide labels are checked as stored (the check no longer converts to float first)."""
+    label = np.zeros((24, 24, 16), dtype)
+    label[2:5, 2:5, 2:5] = 1
+    label[1, 1, 1] = bad
+    item = make_case(tmp_path, "a", np.zeros((24, 24, 16), np.float32), label, AFFINE)
+    rec = _catalog(tmp_path, make_dataset, [item]).train[0]
+    with pytest.raises(DataError, match=rf"label values {re.escape(shown)} are outside") as info:
+        _prep()(rec)
+    assert info.value.path == rec.label
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int16, np.int32])
+def test_integral_labels_of_any_stored_type_prepare_alike(tmp_path, make_case, make_dataset, dtype):
+    image = np.random.default_rng(1).integers(-1000, 1000, (24, 24, 16)).astype(np.int16)
+    label = np.zeros((24, 24, 16), np.uint8)
+    label[8:16, 8:16, 4:10] = 1
+    items = [make_case(tmp_path, "a", image, label, AFFINE), make_case(tmp_path, "b", image, label.astype(dtype), AFFINE)]
+    reference, other = (_prep()(rec) for rec in _catalog(tmp_path, make_dataset, items).train)
+    assert other.label.dtype == np.uint8 and int(other.label.sum()) > 0
+    np.testing.assert_array_equal(other.label, reference.label)
+    np.testing.assert_array_equal(other.image, reference.image)
 
 
 def test_nan_intensities(tmp_path, make_case, make_dataset):
