@@ -35,7 +35,7 @@ from cache_service.names import cache_name
 from cache_service.snapshot import Snapshot
 from cache_service.status import CacheStatus, FaultEvent, SamplerReport
 from common.backoff import Backoff
-from common.errors import CacheUnavailableError, UnknownItemError
+from common.errors import CacheUnavailableError, PoolFailedError, UnknownItemError
 
 __all__ = ["RecoveringFetch", "ResilientCache", "LOST_OBJECT_ERRORS"]
 
@@ -139,22 +139,33 @@ class ResilientCache:
     def recover(self, cause: BaseException) -> float:
         """Wait (with backoff) until the cache answers and is warm again; returns the seconds waited.
 
-        Threads that hit the same outage queue on a lock, and the later ones find the cache
-        back at once.
+        ``recover_timeout_s`` bounds how long the cache may stay *away*: once it answers and its
+        fill moves on (one more volume prepared or quarantined), the timeout counts from then, so
+        a restarted cache that refills a large pool without a disk tier is waited for, not given
+        up on. A cache whose every training item failed raises
+        :class:`~common.errors.PoolFailedError` at once. Threads that hit the same outage queue on
+        a lock, and the later ones find the cache back at once.
         """
         with self._lock:
             clock = self.policy.start(self._clock(), self._rng)
-            last: BaseException = cause
+            started, last, done = clock.started, cause, -1
             log.warning("cache %s unavailable (%s); re-attaching for up to %.0fs", self.name, cause,
                         self.policy.timeout_s)
             while True:
                 try:
                     self.handle = attach(self.fingerprint, self.namespace, timeout_s=self.call_timeout_s)
-                    if self._warm():
-                        waited = clock.elapsed(self._clock())
+                    status = self._status_after_restart()
+                    if status.state == "ready":
+                        waited = max(0.0, self._clock() - started)
                         self.recoveries.append(waited)
                         log.warning("cache %s is back after %.1fs", self.name, waited)
                         return waited
+                    if status.state == "failed":
+                        raise PoolFailedError(status.name, status.train_items, status.failure) from cause
+                    if _fill_done(status) > done:  # alive and filling: not away
+                        done = _fill_done(status)
+                        clock.renew(self._clock())
+                    last = CacheUnavailableError(self.name, f"still filling ({done} volumes prepared)")
                 except CacheUnavailableError as err:
                     last = err
                 delay = clock.next_delay(self._clock())
@@ -165,17 +176,22 @@ class ResilientCache:
                                    f"`smartcache status`, or raise cache.recover_timeout_s") from cause
                 self._sleep(delay)
 
-    def _warm(self) -> bool:
-        """Ready to hand out snapshots again (re-registering our experiment if the restart lost it)."""
+    def _status_after_restart(self) -> CacheStatus:
+        """The cache's status, re-registering our experiment if the restart lost it."""
         status = self.handle.status()
         known = {e.experiment_id for e in status.experiments}
         if self.experiment_id is not None and self.experiment_id not in known:
             self._reregister()
-        return status.state == "ready"
+        return status
 
     def fetcher(self, snapshot: Snapshot, experiment_id: str, epoch: int | None) -> "RecoveringFetch":
         """The ``fetch`` for one epoch's snapshot: lost volumes come from a fresh snapshot of that epoch."""
         return RecoveringFetch(self, snapshot, lambda: self.snapshot(experiment_id, epoch=epoch))
+
+
+def _fill_done(status: CacheStatus) -> int:
+    """Volumes the fill has dealt with (cached or quarantined): it grows while a cache warms."""
+    return status.items_cached + status.val_items_cached + len(status.quarantined)
 
 
 class RecoveringFetch:

@@ -47,7 +47,8 @@ class CacheConfig(Section):
     max_restarts: Annotated[Int, rule(lambda v: v >= -1, "an integer >= 0, or -1 for always")] = 10
     """Times Ray brings a dead cache actor back under the same name (-1: always)."""
     recover_timeout_s: Seconds = 300.0
-    """A consumer waits this long for a dead cache to come back, then gives up."""
+    """A consumer waits this long for a dead cache to come back, then gives up; a cache that answers and
+    whose fill moves on is not away (the wait counts from its last prepared volume)."""
     idle_timeout_s: Seconds = 600.0
     task_num_cpus: Annotated[Float, rule(lambda v: 0 < v <= 64, "a CPU share in (0, 64]")] = 0.5
     """Ray's CPU share per preparation task. The cache itself bounds how many run at once (fill_workers,

@@ -15,7 +15,7 @@ from cache_service.sdk.batches import ConsumerSettings
 from cache_service.snapshot import Snapshot
 from cache_service.status import CacheStatus
 from common.backoff import Backoff
-from common.errors import CacheUnavailableError, UnknownItemError
+from common.errors import CacheUnavailableError, PoolFailedError, UnknownItemError
 
 
 def test_backoff_grows_caps_and_jitters_within_bounds():
@@ -43,12 +43,12 @@ def test_backoff_rejects_nonsense(bad):
         Backoff(**bad)
 
 
-def _status(state: str, experiments: tuple[str, ...] = ()) -> CacheStatus:
+def _status(state: str, experiments: tuple[str, ...] = (), items_cached: int = 2) -> CacheStatus:
     from cache_service.status import ExperimentStatus
 
     exps = [ExperimentStatus(experiment_id=e, registered_at=0.0, ratio=1.0) for e in experiments]
     return CacheStatus(fingerprint="ab", name="smartcache-ab", state=state, train_items=4, cache_num=2, capacity=2,
-                       items_cached=2, pool=["a", "b"], bytes_cached=0, byte_budget=1, generation=0, rotations=0,
+                       items_cached=items_cached, pool=["a", "b"], failure="a: unreadable" * (state == "failed"), bytes_cached=0, byte_budget=1, generation=0, rotations=0,
                        replace_num=1, replacements_pending=0, replacements_ready=0, val_items_total=0,
                        val_items_cached=0, experiments=exps)
 
@@ -67,7 +67,9 @@ class FakeHandle:
                 self.cluster.dies_in, self.cluster.down = None, self.cluster.down_after
                 raise CacheUnavailableError("smartcache-ab", "died while filling")
         self.cluster.filling -= 1
-        return _status("filling" if self.cluster.filling >= 0 else "ready", self.cluster.knows)
+        self.cluster.polls += 1
+        state = self.cluster.state or ("filling" if self.cluster.filling >= 0 else "ready")
+        return _status(state, self.cluster.knows, self.cluster.polls if self.cluster.grows else 0)
 
     def register(self, experiment_id: str, info: dict[str, Any] | None = None) -> None:
         self.cluster.calls.append("register")
@@ -92,6 +94,7 @@ class FakeCluster:
         self.lose_next = False
         self.dies_in: int | None = None
         self.down_after = 0
+        self.grows, self.polls, self.state = False, 0, ""  # grows: one more volume prepared at every poll
 
     def attach(self, fingerprint: str, namespace: str, timeout_s: float) -> FakeHandle:
         if self.down > 0:
@@ -128,14 +131,36 @@ def test_resilient_cache_waits_until_back_and_warm_then_reregisters(fake):
     assert "register" in cluster.calls and "exp2" in cluster.knows  # the restart had lost exp2: attached again
 
 
-def test_resilient_cache_gives_up_after_recover_timeout_with_a_clear_message(fake):
+@pytest.mark.parametrize("away, last_error", [("down", "gone"), ("filling", "still filling")])
+def test_resilient_cache_gives_up_after_recover_timeout_with_a_clear_message(fake, away, last_error):
+    """Never back (every attach fails), or back but its fill never moves on: both are given up on."""
     cluster = fake(down=0, filling=-1)
     t = FakeTime()
     cache = ResilientCache("ab", "ns", 20, sleep=t.sleep, clock=lambda: t.now, rng=np.random.default_rng(0))
-    cluster.down = 10**6  # never comes back
-    with pytest.raises(CacheUnavailableError, match=r"recover_timeout_s=20s .*gone"):
+    setattr(cluster, away, 10**6)
+    with pytest.raises(CacheUnavailableError, match=rf"recover_timeout_s=20s .*{last_error}"):
         cache.recover(CacheUnavailableError("smartcache-ab", "died"))
     assert t.now == pytest.approx(20.0)
+
+
+def test_a_restarted_cache_that_refills_slowly_is_waited_for_past_recover_timeout(fake):
+    """recover_timeout_s bounds how long the cache is away, not how long a live fill takes."""
+    cluster = fake(down=0, filling=-1)
+    t = FakeTime()
+    cache = ResilientCache("ab", "ns", 3, sleep=t.sleep, clock=lambda: t.now, rng=np.random.default_rng(0))
+    cluster.down, cluster.filling, cluster.grows = 2, 40, True  # back soon, then 40 polls of a fill moving on
+    waited = cache.recover(CacheUnavailableError("smartcache-ab", "died"))
+    assert waited == t.now > 3 * 10 and cluster.polls == 41
+
+
+def test_a_restarted_cache_whose_every_item_failed_ends_the_wait_at_once(fake):
+    cluster = fake(down=0, filling=-1)
+    t = FakeTime()
+    cache = ResilientCache("ab", "ns", 300, sleep=t.sleep, clock=lambda: t.now, rng=np.random.default_rng(0))
+    cluster.state = "failed"
+    with pytest.raises(PoolFailedError, match="a: unreadable"):
+        cache.recover(CacheUnavailableError("smartcache-ab", "died"))
+    assert t.now == 0.0
 
 
 def test_a_typed_call_recovers_and_retries_behind_the_method(fake):
