@@ -34,6 +34,8 @@ Usage:
   python benchmarks/time_to_dice.py --data /tmp/ct --config trainer/configs/ct_cpu.yaml --time-limit 400
   python benchmarks/time_to_dice.py --data runs/demo/data --config trainer/configs/demo_cpu.yaml \\
       --arms baseline full no-cache no-adaptive no-novograd --steps-per-epoch config
+  python benchmarks/time_to_dice.py --data /tmp/ct --config trainer/configs/ct_cpu.yaml \\
+      --arms monai-fast full full-in-process --seeds 0 1 2   # plus the median over seeds
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from arm_result import ArmResult
+from seed_summary import format_seed_summary
 from common.catalog import Catalog, fingerprint, load_catalog
 from common.config import ExperimentConfig, load_config
 
@@ -113,31 +116,33 @@ def step_s_beside(rows: list[dict]) -> tuple[float | None, float | None]:
     return mean[0], mean[1]
 
 
-def run_arm(arm: str, config_path: str | None, out: Path, overrides: list[str], time_limit: float) -> ArmResult:
-    """One arm through the project's launcher (every arm but monai-fast)."""
+def run_arm(arm: str, config_path: str | None, out: Path, overrides: list[str], time_limit: float,
+            folder: str | None = None) -> ArmResult:
+    """One arm through the project's launcher (every arm but monai-fast), writing under ``out / folder``."""
     from cache_service.client import stop_caches
     from trainer.launcher import LaunchOptions, run_experiment
 
     load0 = os.getloadavg()[0]
     # a disk tier of the arm's own, empty at its start (as on a first run): an arm never reads volumes
     # that an earlier arm prepared (the default tier is shared by every run on the machine)
-    disk = (out / arm / "disk_tier").resolve()
+    run_dir = out / (folder or arm)
+    disk = (run_dir / "disk_tier").resolve()
     shutil.rmtree(disk, ignore_errors=True)
     cfg = load_config(config_path, [f"name={arm}", f"cache.namespace=ttd-{uuid.uuid4().hex[:6]}",
                                     f"cache.disk_dir={disk}", f"training.time_limit_s={time_limit}",
                                     "training.epochs=100000",  # the time limit, not an epoch cap, ends an arm
                                     *ARMS[arm], *overrides])
     try:
-        report = run_experiment(cfg, LaunchOptions(out / arm, show_progress=True))
+        report = run_experiment(cfg, LaunchOptions(run_dir, show_progress=True))
     finally:
         stop_caches(cfg.cache.namespace)
-    total, to_target, step_s = _steps(out / arm, report.time_to_target_s)
+    total, to_target, step_s = _steps(run_dir, report.time_to_target_s)
     return ArmResult(arm, report.reached_target, report.time_to_target_s, to_target, report.best_mean_dice,
                      tuple(report.dice_per_class.values()), report.epochs, total, report.wall_seconds,
                      report.cache_fill_seconds, report.data_wait_fraction, step_s, report.validation_seconds,
                      (load0, os.getloadavg()[0]),
-                     tuple((r["time_s"], r["mean_dice"]) for r in _rows(out / arm) if r["kind"] == "validation"),
-                     step_s_beside(_rows(out / arm)))
+                     tuple((r["time_s"], r["mean_dice"]) for r in _rows(run_dir) if r["kind"] == "validation"),
+                     step_s_beside(_rows(run_dir)))
 
 
 def run_monai_arm(arm: str, config_path: str | None, overrides: list[str], catalog: Catalog,
@@ -221,6 +226,10 @@ def main() -> None:
     parser.add_argument("--out", default="runs/time_to_dice", help="output folder")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="run every arm once per training.seed (seed-major) and add a table of the times to "
+                             "target per seed, their median and its ratio to monai-fast's (default: the config's "
+                             "seed, one run per arm)")
     args = parser.parse_args()
 
     import ray
@@ -243,15 +252,22 @@ def main() -> None:
               f"dataset-wide CT statistics computed once before the arms: {time.time() - t0:.0f} s"]
     print("\n".join(header))
     out = Path(args.out)
-    results = []
-    for arm in args.arms:
-        print(f"\n=== arm {arm}: {' '.join(ARMS[arm])}  (load average {os.getloadavg()[0]:.1f})")
-        if arm in (MONAI_FAST, MONAI_FAST_HEAP):
-            results.append(run_monai_arm(arm, args.config, overrides, catalog, args.time_limit))
-        else:
-            results.append(run_arm(arm, args.config, out, overrides, args.time_limit))
-    table = "\n".join([*header, format_table(results, base.training.target_dice, args.time_limit,
-                                             tuple(args.milestones))])
+    runs = []
+    for seed in args.seeds or [None]:
+        seeded = overrides if seed is None else [*overrides, f"training.seed={seed}"]
+        for arm in args.arms:
+            label = arm if seed is None else f"{arm}-seed{seed}"
+            print(f"\n=== arm {label}: {' '.join(ARMS[arm])}  (load average {os.getloadavg()[0]:.1f})")
+            if arm in (MONAI_FAST, MONAI_FAST_HEAP):
+                result = run_monai_arm(arm, args.config, seeded, catalog, args.time_limit)
+            else:
+                result = run_arm(arm, args.config, out, seeded, args.time_limit, label)
+            runs.append((seed, result))
+    results = [replace(r, arm=f"{r.arm} (seed {seed})") if args.seeds else r for seed, r in runs]
+    tables = [format_table(results, base.training.target_dice, args.time_limit, tuple(args.milestones))]
+    if args.seeds:
+        tables.append(format_seed_summary(runs, args.time_limit, MONAI_FAST))
+    table = "\n".join(header) + "\n" + "\n\n".join(tables)
     print("\n" + table)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(table + "\n")

@@ -55,3 +55,22 @@ def test_step_time_with_and_without_a_validation_beside(ttd):
     full = _arm(arm_result, "full", 50.0, ((20.0, 0.62),))
     full.step_s_beside = (0.7, 0.35)
     assert "| 0.30 | 0.70 / 0.35 |" in time_to_dice.format_table([full], 0.6, 300.0)
+
+
+def test_seed_summary_medians_and_ratio_to_monai(ttd):
+    """Seed 1 of `full` missed: it counts as the limit, which does not move a median of three below it."""
+    arm_result, _ = ttd
+    (seed_summary,) = import_benchmarks("seed_summary")
+    hist = ((10.0, 0.7),)
+    runs = [(0, _arm(arm_result, "monai-fast", 160.0, hist)), (0, _arm(arm_result, "full", 80.0, hist)),
+            (1, _arm(arm_result, "monai-fast", 170.0, hist)), (1, _arm(arm_result, "full", None, ((5.0, 0.2),))),
+            (2, _arm(arm_result, "monai-fast", 150.0, hist)), (2, _arm(arm_result, "full", 100.0, hist))]
+    table = seed_summary.format_seed_summary(runs, 360.0, "monai-fast")
+    assert "| monai-fast | 160 | 170 | 150 | 160 |" in table and "| 1.00x |" in table
+    assert "| full | 80 | not in 360 | 100 | 100 |" in table and "| 1.60x |" in table
+    # two seeds of three missing: the median is the limit, a lower bound
+    assert seed_summary.median_time([runs[3][1], runs[3][1], runs[1][1]], 360.0) == (360.0, True)
+    assert seed_summary.median_time([runs[1][1], runs[5][1]], 360.0) == (90.0, False)
+    assert seed_summary.median_time([runs[1][1], runs[3][1]], 360.0) == (220.0, True)
+    missed_ref = [(0, _arm(arm_result, "monai-fast", None, ((5.0, 0.2),))), (0, _arm(arm_result, "full", 90.0, hist))]
+    assert "| >= 4.00x |" in seed_summary.format_seed_summary(missed_ref, 360.0, "monai-fast")
