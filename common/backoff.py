@@ -55,9 +55,6 @@ class BackoffClock:
         self.failures += 1
         return max(0.0, min(wait, left))
 
-    def elapsed(self, now: float) -> float:
-        return max(0.0, now - self.started)
-
     def renew(self, now: float) -> None:
         """Count the timeout from ``now`` again: the service showed a sign of progress (e.g. a fill that
         moved on), so it is not away, however long that progress takes."""

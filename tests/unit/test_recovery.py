@@ -33,7 +33,14 @@ def test_backoff_clock_never_overshoots_the_timeout():
     while (d := clock.next_delay(now)) is not None:
         waits.append(d)
         now += d
-    assert waits == [1.0, 2.0] and now == 103.0 and clock.elapsed(now) == 3.0
+    assert waits == [1.0, 2.0] and now == 103.0 and now - clock.started == 3.0
+
+
+def test_backoff_clock_renewed_counts_the_timeout_from_the_renewal():
+    clock = Backoff(timeout_s=3, initial_s=1, factor=1, max_s=1, jitter=0).start(0.0, np.random.default_rng(1))
+    assert clock.next_delay(2.5) == 0.5 and clock.next_delay(3.0) is None
+    clock.renew(3.0)  # progress seen at t=3: three more seconds
+    assert clock.next_delay(5.0) == 1.0 and clock.next_delay(6.0) is None
 
 
 @pytest.mark.parametrize("bad", [dict(timeout_s=0), dict(timeout_s=1, initial_s=0), dict(timeout_s=1, factor=0.5),
