@@ -162,8 +162,8 @@ class ResilientCache:
                         return waited
                     if status.state == "failed":
                         raise PoolFailedError(status.name, status.train_items, status.failure) from cause
-                    if _fill_done(status) > done:  # alive and filling: not away
-                        done = _fill_done(status)
+                    if (now_done := _fill_done(status)) > done:  # alive and filling: not away
+                        done = now_done
                         clock.renew(self._clock())
                     last = CacheUnavailableError(self.name, f"still filling ({done} volumes prepared)")
                 except CacheUnavailableError as err:

@@ -117,7 +117,8 @@ def test_integral_labels_of_any_stored_type_prepare_alike(tmp_path, make_case, m
     image = np.random.default_rng(1).integers(-1000, 1000, (24, 24, 16)).astype(np.int16)
     label = np.zeros((24, 24, 16), np.uint8)
     label[8:16, 8:16, 4:10] = 1
-    items = [make_case(tmp_path, "a", image, label, AFFINE), make_case(tmp_path, "b", image, label.astype(dtype), AFFINE)]
+    items = [make_case(tmp_path, "a", image, label, AFFINE),
+             make_case(tmp_path, "b", image, label.astype(dtype), AFFINE)]
     reference, other = (_prep()(rec) for rec in _catalog(tmp_path, make_dataset, items).train)
     assert other.label.dtype == np.uint8 and int(other.label.sum()) > 0
     np.testing.assert_array_equal(other.label, reference.label)

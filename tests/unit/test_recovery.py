@@ -55,7 +55,8 @@ def _status(state: str, experiments: tuple[str, ...] = (), items_cached: int = 2
 
     exps = [ExperimentStatus(experiment_id=e, registered_at=0.0, ratio=1.0) for e in experiments]
     return CacheStatus(fingerprint="ab", name="smartcache-ab", state=state, train_items=4, cache_num=2, capacity=2,
-                       items_cached=items_cached, pool=["a", "b"], failure="a: unreadable" * (state == "failed"), bytes_cached=0, byte_budget=1, generation=0, rotations=0,
+                       items_cached=items_cached, pool=["a", "b"], failure="a: unreadable" * (state == "failed"),
+                       bytes_cached=0, byte_budget=1, generation=0, rotations=0,
                        replace_num=1, replacements_pending=0, replacements_ready=0, val_items_total=0,
                        val_items_cached=0, experiments=exps)
 
