@@ -36,7 +36,6 @@ from common.catalog import Record
 from common.config import ExperimentConfig
 from common.errors import SmartCacheError
 from common.preprocess import Preprocessor
-from common.priority import lower_thread_priority
 from common.scoring import ValidationResult
 from common.volume import PreparedVolume
 from trainer.run_state import RunState
@@ -99,7 +98,6 @@ class ValidationService:
 
     def validate(self, epoch: int, weights: dict[str, torch.Tensor], train_time_s: float) -> dict[str, Any]:
         with self._lock:  # one validation at a time; best() stays answerable
-            lower_thread_priority(self.cfg.validation.nice_increment)  # the trainers' steps come first
             result = self.validator.validate(epoch, weights, self._validation_volumes())
             row = {**result.to_dict(), "time_s": time.time() - self.t_start, "train_time_s": train_time_s}
             self.state.add_validation(row, weights)

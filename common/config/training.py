@@ -113,11 +113,6 @@ class ValidationConfig(Section):
     keep_largest_component: Bool = False
     sw_batch_size: PositiveInt = 1
     num_cpus: Float = 0.5
-    nice_increment: Annotated[Int, rule(lambda v: 0 <= v <= 19, "an integer in [0, 19] (0 leaves the priority as "
-                                                                 "it is)")] = 4
-    """Linux: the thread that validates runs this many niceness steps below its process (capped at 19), so
-    the trainers' steps get the CPU first when both want it (common/priority.py); Ray's workers run at 15,
-    so under Ray Train the default puts validation at 19. 0: the same priority as the trainers."""
     num_gpus: Annotated[Float, rule(lambda v: v == 0 or _gpu_share(v),
                                     "0 (validate on CPU), a GPU share in (0, 1], or a whole number of GPUs to "
                                     "split the volumes over")] = 0.5
