@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from cache_service.pool import PrepMeta
 from common.catalog import Record
 from common.config import CacheConfig
+from common.priority import lower_thread_priority
 from common.volume import PreparedVolume
 
 if TYPE_CHECKING:
@@ -26,8 +27,11 @@ log = logging.getLogger(__name__)
 
 
 def prepare_item(preprocessor: "Preprocessor | bytes", record: Record, cache: CacheConfig,
-                 fingerprint: str) -> tuple[PrepMeta, PreparedVolume]:
+                 fingerprint: str, nice_increment: int = 0) -> tuple[PrepMeta, PreparedVolume]:
     """Disk tier hit, else the deterministic prefix; a DataError propagates (the actor quarantines).
+
+    ``nice_increment`` lowers this thread's CPU priority first: a rotation beside training should
+    yield to it (common/priority.py); the fill, which training waits on, passes 0.
 
     A tier that refuses a read, touch, write or delete never fails the item: the volume
     is prepared (or served) anyway and the refusal travels in ``PrepMeta.disk_error``.
@@ -40,6 +44,7 @@ def prepare_item(preprocessor: "Preprocessor | bytes", record: Record, cache: Ca
     """
     from cache_service.disk_tier import DiskTier, evict  # pyarrow: here only, the actor imports this module too
 
+    lower_thread_priority(nice_increment)
     cpu0 = time.process_time()
     note = None
     disk_dir = cache.disk_path()

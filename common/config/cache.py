@@ -50,6 +50,12 @@ class CacheConfig(Section):
     """A consumer waits this long for a dead cache to come back, then gives up; a cache that answers and
     whose fill moves on is not away (the wait counts from its last prepared volume)."""
     idle_timeout_s: Seconds = 600.0
+    rotation_nice_increment: Annotated[Int, rule(lambda v: 0 <= v <= 19, "an integer in [0, 19] (0: the "
+                                                                          "trainers' priority)")] = 4
+    """Linux: once the pool is warm, a preparation task runs this many niceness steps below its process
+    (capped at 19), so a rotation beside training yields the CPU to the trainers' steps and to validation
+    (common/priority.py); Ray's workers run at 15, so the default puts rotation at 19. The fill keeps the
+    process's priority: the trainers wait on it. 0: rotation at the trainers' priority."""
     task_num_cpus: Annotated[Float, rule(lambda v: 0 < v <= 64, "a CPU share in (0, 64]")] = 0.5
     """Ray's CPU share per preparation task. The cache itself bounds how many run at once (fill_workers,
     replace_workers), so the share only has to let Ray place them beside the run: at most what the trainers,
