@@ -5,8 +5,10 @@ Once the pool is warm, SmartCache prepares replacements beside training: that wo
 a validation cannot. Under Ray Train the trainer, the validation actor and the preparation tasks
 are all Ray workers at niceness 15, so on the 2-core CT profile a rotation and a validation beside
 a step shared the cores three ways, and steps took 0.39-0.41 s against 0.27-0.29 s without
-(docs/benchmarks.md, "Three seeds"). Lowering the validation instead made each validation take
-twice as long and the run reach its target later (same page, "Tried and not adopted").
+(docs/benchmarks.md, "Three seeds"). With rotation 4 steps lower, steps beside a validation took
+0.38 s against 0.45-0.47 s in a same-session A/B over three seeds ("Rotation at a lower priority").
+Lowering the validation instead made each validation take twice as long and the run reach its
+target later (same page, "Tried and not adopted").
 
 Linux keeps a niceness per *thread*: ``os.nice`` or ``renice PID`` reaches only the main thread,
 and a thread started later inherits the niceness of the thread that started it. So the thread
