@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from cache_service.pool import PrepMeta
 from common.catalog import Record
 from common.config import CacheConfig
-from common.priority import lower_thread_priority
+from common.priority import call_at_lower_priority
 from common.volume import PreparedVolume
 
 if TYPE_CHECKING:
@@ -28,10 +28,14 @@ log = logging.getLogger(__name__)
 
 def prepare_item(preprocessor: "Preprocessor | bytes", record: Record, cache: CacheConfig,
                  fingerprint: str, nice_increment: int = 0) -> tuple[PrepMeta, PreparedVolume]:
-    """Disk tier hit, else the deterministic prefix; a DataError propagates (the actor quarantines).
+    """:func:`prepare` at ``nice_increment`` niceness steps below the worker, in a thread of its own: a
+    rotation beside training yields to it (common/priority.py); the fill, which training waits on, passes 0."""
+    return call_at_lower_priority(nice_increment, lambda: prepare(preprocessor, record, cache, fingerprint))
 
-    ``nice_increment`` lowers this thread's CPU priority first: a rotation beside training should
-    yield to it (common/priority.py); the fill, which training waits on, passes 0.
+
+def prepare(preprocessor: "Preprocessor | bytes", record: Record, cache: CacheConfig,
+            fingerprint: str) -> tuple[PrepMeta, PreparedVolume]:
+    """Disk tier hit, else the deterministic prefix; a DataError propagates (the actor quarantines).
 
     A tier that refuses a read, touch, write or delete never fails the item: the volume
     is prepared (or served) anyway and the refusal travels in ``PrepMeta.disk_error``.
@@ -44,7 +48,6 @@ def prepare_item(preprocessor: "Preprocessor | bytes", record: Record, cache: Ca
     """
     from cache_service.disk_tier import DiskTier, evict  # pyarrow: here only, the actor imports this module too
 
-    lower_thread_priority(nice_increment)
     cpu0 = time.process_time()
     note = None
     disk_dir = cache.disk_path()

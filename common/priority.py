@@ -13,7 +13,9 @@ target later (same page, "Tried and not adopted").
 Linux keeps a niceness per *thread*: ``os.nice`` or ``renice PID`` reaches only the main thread,
 and a thread started later inherits the niceness of the thread that started it. So the thread
 that prepares lowers its own priority (``setpriority`` with its native thread id). An
-unprivileged process cannot raise a priority again, so this is done once per thread, never undone.
+unprivileged process cannot raise a priority again, so :func:`call_at_lower_priority` does the work
+in a thread of its own that ends with it: Ray reuses a task's worker process, and a later task
+there, such as the fill of another cache after a restart, must not inherit a rotation's priority.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ import logging
 import os
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, TypeVar
 
 log = logging.getLogger(__name__)
 
 #: the largest niceness Linux allows
 MAX_NICENESS = 19
+T = TypeVar("T")
 
 
 def target_niceness(process_niceness: int, increment: int) -> int:
@@ -55,3 +60,20 @@ def lower_thread_priority(increment: int) -> int | None:
     except OSError as err:
         log.warning("could not lower the priority of thread %d: %s", tid, err)
         return None
+
+
+def call_at_lower_priority(increment: int, fn: Callable[[], T]) -> T:
+    """``fn()`` in a thread of its own ``increment`` niceness steps lower, its result or its exception.
+
+    The calling thread keeps its priority; with ``increment`` 0 (or where threads have no niceness of
+    their own) ``fn`` simply runs here.
+    """
+    if increment <= 0 or not sys.platform.startswith("linux"):
+        return fn()
+
+    def lowered() -> T:
+        lower_thread_priority(increment)
+        return fn()
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lower-priority") as pool:
+        return pool.submit(lowered).result()

@@ -5,10 +5,18 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from pathlib import Path
 
+import numpy as np
 import pytest
 
-from common.priority import MAX_NICENESS, lower_thread_priority, target_niceness
+from cache_service.tasks import prepare_item
+from common.catalog import load_catalog
+from common.config import CacheConfig, DataConfig, PreprocessConfig
+from common.demo_data import make_demo_data
+from common.errors import DataError
+from common.preprocess import build_preprocessor
+from common.priority import MAX_NICENESS, call_at_lower_priority, lower_thread_priority, target_niceness
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="niceness per thread is Linux's")
 
@@ -68,3 +76,42 @@ def test_zero_leaves_the_priority_alone() -> None:
     results, nice = _in_a_thread(0)
     assert results == [None]
     assert nice == before
+
+
+def _own_niceness() -> tuple[int, int]:
+    tid = threading.get_native_id()
+    return tid, os.getpriority(os.PRIO_PROCESS, tid)
+
+
+@linux_only
+def test_work_at_lower_priority_runs_in_a_thread_that_ends_with_it() -> None:
+    """So a reused worker process (Ray's) keeps its own priority for the next task."""
+    tid, before = _own_niceness()
+    work_tid, work_nice = call_at_lower_priority(3, _own_niceness)
+    assert work_tid != tid and work_nice == target_niceness(os.getpriority(os.PRIO_PROCESS, os.getpid()), 3)
+    assert _own_niceness() == (tid, before)
+
+
+def test_zero_runs_the_work_right_here() -> None:
+    assert call_at_lower_priority(0, _own_niceness) == _own_niceness()
+
+
+def test_the_work_s_own_error_reaches_the_caller() -> None:
+    def broken() -> None:
+        raise DataError("/data/case_1.nii.gz", "truncated or corrupt")
+
+    with pytest.raises(DataError, match="truncated"):
+        call_at_lower_priority(2, broken)
+
+
+def test_a_rotation_s_preparation_gives_the_fill_s_volume(tmp_path: Path) -> None:
+    """The preparation task at a lower priority: the same arrays, the worker's own thread untouched."""
+    root = make_demo_data(tmp_path / "data", cases=2, size=16)
+    catalog = load_catalog(root, DataConfig(val_fraction=0.0))
+    prep = build_preprocessor(catalog, PreprocessConfig(normalization="mri"), None)
+    cache = CacheConfig(disk_dir=None)
+    before = _own_niceness()
+    _, fill = prepare_item(prep, catalog.train[0], cache, "fp")
+    _, rotation = prepare_item(prep, catalog.train[0], cache, "fp", nice_increment=4)
+    assert np.array_equal(fill.image, rotation.image) and np.array_equal(fill.label, rotation.label)
+    assert _own_niceness() == before
