@@ -89,7 +89,7 @@ class SmartCacheService:
             self.registry.last_detach = self._created
         self._lock = threading.RLock()
         self._pending: dict[ray.ObjectRef, tuple[str, bool, ray.ObjectRef]] = {}  # meta ref -> (id, val, vol ref)
-        self._prep_ref, self._fp = ray.put(spec.preprocessor), spec.fingerprint
+        self._prep_ref = ray.put(spec.preprocessor)
         self._task = ray.remote(prepare_item).options(num_returns=2, num_cpus=self.cfg.task_num_cpus)
         self._epoch_snapshots: dict[tuple[str, int | None], Snapshot] = {}
         self._stopping = threading.Event()
@@ -132,8 +132,8 @@ class SmartCacheService:
         with self._lock:
             jobs = [(i, False) for i in self.book.next_train_jobs()] + [(i, True) for i in self.book.next_val_jobs()]
             for item_id, val in jobs:
-                nice = self.book.nice_increment(val, self.cfg.rotation_nice_increment)
-                meta_ref, vol_ref = self._task.remote(self._prep_ref, self._records[item_id], self.cfg, self._fp, nice)
+                meta_ref, vol_ref = self._task.remote(self._prep_ref, self._records[item_id], self.cfg,
+                                                      self.spec.fingerprint, self.book.beside_training(val))
                 self._pending[meta_ref] = (item_id, val, vol_ref)
                 self.book.started(item_id, val)
 

@@ -110,10 +110,10 @@ class CacheBook:
         skip = set(self.val_entries) | self.val_in_flight | self.val_refused | set(self.quarantined)
         return [i for i in self.val_ids if i not in skip]
 
-    def nice_increment(self, val: bool, rotation_increment: int) -> int:
-        """How much lower than its process a preparation runs: a rotation's replacement, which may be late,
-        yields to training (``cache.rotation_nice_increment``); the fill and validation volumes are waited on."""
-        return rotation_increment if self.warm and not val else 0
+    def beside_training(self, val: bool) -> bool:
+        """Whether a job asked for now prepares beside training: a warm pool's replacement, which may be late
+        and so yields the CPU (``cache.rotation_nice_increment``); the fill and validation volumes are waited on."""
+        return self.warm and not val
 
     def started(self, item_id: str, val: bool = False) -> None:
         (self.val_in_flight if val else self.in_flight).add(item_id)

@@ -27,10 +27,11 @@ log = logging.getLogger(__name__)
 
 
 def prepare_item(preprocessor: "Preprocessor | bytes", record: Record, cache: CacheConfig,
-                 fingerprint: str, nice_increment: int = 0) -> tuple[PrepMeta, PreparedVolume]:
-    """:func:`prepare` at ``nice_increment`` niceness steps below the worker, in a thread of its own: a
-    rotation beside training yields to it (common/priority.py); the fill, which training waits on, passes 0."""
-    return call_at_lower_priority(nice_increment, lambda: prepare(preprocessor, record, cache, fingerprint))
+                 fingerprint: str, beside_training: bool = False) -> tuple[PrepMeta, PreparedVolume]:
+    """:func:`prepare`; ``beside_training`` (a warm pool's replacement) runs it ``cache.rotation_nice_increment``
+    niceness steps below the worker, in a thread of its own, so it yields to training (common/priority.py)."""
+    increment = cache.rotation_nice_increment if beside_training else 0
+    return call_at_lower_priority(increment, lambda: prepare(preprocessor, record, cache, fingerprint))
 
 
 def prepare(preprocessor: "Preprocessor | bytes", record: Record, cache: CacheConfig,

@@ -133,11 +133,10 @@ def test_only_a_warm_pools_replacements_run_at_lower_priority() -> None:
     """The fill and validation volumes are waited on; a replacement beside training may be late."""
     book = _book(val=("v0",))
     fill = book.next_train_jobs()  # the pool's 3 and the first replacements, asked for before it is warm
-    assert [book.nice_increment(False, 4) for _ in fill] == [0] * len(fill)
+    assert [book.beside_training(False) for _ in fill] == [False] * len(fill)
     for item in fill:
         book.started(item)
         book.accept(PrepMeta(item, 100, 1.5), f"ref-{item}")
     assert book.warm
-    assert book.nice_increment(False, 4) == 4  # a replacement
-    assert book.nice_increment(True, 4) == 0  # a validation volume
-    assert book.nice_increment(False, 0) == 0
+    assert book.beside_training(False)  # a replacement
+    assert not book.beside_training(True)  # a validation volume

@@ -112,6 +112,6 @@ def test_a_rotation_s_preparation_gives_the_fill_s_volume(tmp_path: Path) -> Non
     cache = CacheConfig(disk_dir=None)
     before = _own_niceness()
     _, fill = prepare_item(prep, catalog.train[0], cache, "fp")
-    _, rotation = prepare_item(prep, catalog.train[0], cache, "fp", nice_increment=4)
+    _, rotation = prepare_item(prep, catalog.train[0], cache, "fp", beside_training=True)
     assert np.array_equal(fill.image, rotation.image) and np.array_equal(fill.label, rotation.label)
     assert _own_niceness() == before
