@@ -6,12 +6,17 @@ every change (temp file + rename, so a crash leaves the old or the new file, nev
 one). When Ray restarts the actor, it reads them back and validation goes on where it
 stopped; the report and the curves show no gap but the validation that was cut short.
 Rows are keyed, so an epoch that is run again after a trainer restart replaces its old row
-instead of appearing twice.
+instead of appearing twice (Ray also retries the calls in flight at a crash in any order).
+
+The actor is threaded (a validation runs while training rows arrive), so every change and its
+save happen under one lock: two unguarded saves could rename a file written from an older
+state over a newer one, and a crash right after would lose a row that was acknowledged.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +40,7 @@ class RunState:
         self.faults: list[dict[str, Any]] = []
         self.best: tuple[float, dict[str, torch.Tensor]] | None = None
         self.start: bool | None = None  # the launcher's word: train (True), give up (False), not yet (None)
+        self._lock = threading.Lock()  # one change and its save at a time: the file never goes back in time
 
     @classmethod
     def load(cls, folder: str | Path) -> "RunState":
@@ -53,31 +59,40 @@ class RunState:
         return state
 
     def history(self) -> list[dict[str, Any]]:
-        return [self.val_rows[e] for e in sorted(self.val_rows)]
+        with self._lock:
+            return [self.val_rows[e] for e in sorted(self.val_rows)]
 
     def train_history(self) -> list[dict[str, Any]]:
-        return [self.train_rows[k] for k in sorted(self.train_rows)]
+        with self._lock:
+            return [self.train_rows[k] for k in sorted(self.train_rows)]
 
     def add_validation(self, row: dict[str, Any], weights: dict[str, torch.Tensor]) -> None:
-        self.val_rows[int(row["epoch"])] = row
-        if self.best is None or row["mean_dice"] > self.best[0]:
-            self.best = (float(row["mean_dice"]), {k: v.detach().clone() for k, v in weights.items()})
-            atomic_write(self.folder / BEST_FILE, lambda fh: torch.save(self.best[1], fh), "wb")
-        self.save()
+        with self._lock:
+            self.val_rows[int(row["epoch"])] = row
+            if self.best is None or row["mean_dice"] > self.best[0]:
+                best = {k: v.detach().clone() for k, v in weights.items()}
+                atomic_write(self.folder / BEST_FILE, lambda fh: torch.save(best, fh), "wb")
+                self.best = (float(row["mean_dice"]), best)
+            self._save()
 
     def add_train(self, row: dict[str, Any]) -> None:
-        self.train_rows[(int(row["epoch"]), int(row.get("rank", 0)))] = dict(row)
-        self.save()
+        with self._lock:
+            self.train_rows[(int(row["epoch"]), int(row.get("rank", 0)))] = dict(row)
+            self._save()
 
     def add_fault(self, fault: dict[str, Any]) -> None:
-        self.faults.append(dict(fault))
-        self.save()
+        with self._lock:
+            self.faults.append(dict(fault))
+            self._save()
 
     def decide_start(self, go: bool) -> None:
-        self.start = go
-        self.save()
+        with self._lock:
+            self.start = go
+            self._save()
 
-    def save(self) -> None:
-        body = {"validation": self.history(), "train": self.train_history(), "faults": self.faults,
+    def _save(self) -> None:
+        """Write the whole record; the caller holds the lock."""
+        body = {"validation": [self.val_rows[e] for e in sorted(self.val_rows)],
+                "train": [self.train_rows[k] for k in sorted(self.train_rows)], "faults": self.faults,
                 "best_dice": None if self.best is None else self.best[0], "start": self.start}
         atomic_write(self.folder / STATE_FILE, lambda fh: json.dump(body, fh), "w")

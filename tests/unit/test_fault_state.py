@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from cache_service.registry import ExperimentRegistry, load_state, save_state
 from cache_service.status import FaultEvent
 from common.config import CacheConfig
 from common.errors import ConfigError
+import trainer.run_state as run_state_module
 from trainer.run_state import RunState
 
 
@@ -64,6 +66,30 @@ def test_run_state_keeps_history_rows_once_and_best_weights(tmp_path: Path):
     assert back.best is not None and back.best[0] == 0.6 and torch.equal(back.best[1]["w"], w2["w"])
     fresh = RunState.load(tmp_path / "fresh")
     assert not fresh.val_rows and not fresh.train_rows and fresh.best is None
+
+
+def test_run_state_file_never_goes_back_to_an_older_state(tmp_path: Path, monkeypatch):
+    """A validation's save (slow: it holds the disk) and a training row arriving from another actor thread
+    meanwhile: the file left behind holds both, so a crash after either call returned loses neither."""
+    real_write, writing, row_added = run_state_module.atomic_write, threading.Event(), threading.Event()
+
+    def slow_first_write(path, write, mode="wb", suffix=""):
+        if threading.current_thread().name == "validation" and not writing.is_set():
+            writing.set()
+            row_added.wait(timeout=0.3)  # the race: the other thread changes the state during this write
+        real_write(path, write, mode, suffix)
+
+    monkeypatch.setattr(run_state_module, "atomic_write", slow_first_write)
+    state = RunState(tmp_path)
+    validation = threading.Thread(target=state.add_fault, args=({"kind": "validator"},), name="validation")
+    validation.start()
+    assert writing.wait(timeout=5)
+    training = threading.Thread(target=lambda: (state.add_train({"epoch": 3, "loss": 1.0}), row_added.set()))
+    training.start()
+    validation.join(timeout=5)
+    training.join(timeout=5)
+    back = RunState.load(tmp_path)
+    assert [f["kind"] for f in back.faults] == ["validator"] and [r["epoch"] for r in back.train_history()] == [3]
 
 
 def test_disk_tier_evicts_least_recently_used_beyond_the_limit(tmp_path: Path):
