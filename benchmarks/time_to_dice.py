@@ -19,7 +19,7 @@ computed once before the arms (every arm would otherwise repeat the same pass).
   no-cache      full, but trainers load and preprocess every volume every epoch
   no-adaptive   full, but the ratio stays 1:1
   no-novograd   full, but Adam
-  no-amp        full, but fp32 (only measured on CUDA: AMP is off on CPU unless asked for bf16)
+  no-amp        full, but fp32 (on a CPU AMP is bf16, where training.cpu_bf16 asks for it)
   no-heap       full, but the trainers and validation keep glibc's malloc defaults
 
 With ``--steps-per-epoch pass`` (the default) every arm's epoch is one pass of the whole

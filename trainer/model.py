@@ -7,6 +7,7 @@ build exactly the same network from the same config.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -16,6 +17,7 @@ from monai.networks.nets import UNet
 from monai.optimizers import Novograd
 
 from common.config import TrainingConfig
+from common.cpu_features import native_bf16
 
 
 def build_model(cfg: TrainingConfig, in_channels: int, num_classes: int) -> torch.nn.Module:
@@ -68,6 +70,12 @@ class AmpPolicy:
     @property
     def uses_scaler(self) -> bool:
         return self.dtype == torch.float16
+
+    def warn_if_emulated(self) -> None:
+        """bf16 asked for on a CPU without bf16 instructions runs slower than fp32: say so, and how to fix it."""
+        if self.device_type == "cpu" and self.dtype == torch.bfloat16 and native_bf16() is False:
+            warnings.warn("training.cpu_bf16 is true, but this CPU has no bf16 instructions (avx512_bf16, AMX or "
+                          "Arm bf16): autocast will be slower than fp32; set training.cpu_bf16: false", stacklevel=2)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if not self.enabled:

@@ -2,8 +2,9 @@
 
 The fingerprint is computed by one Ray task per case (in parallel over the cluster's CPUs)
 and stored in the cache's statistics folder, keyed by the files' identities, so a second plan
-reads it back. The probe reads CPUs, memory and object store per node from ``ray.nodes()``
-and, on a node with GPUs, their name and memory from torch in a task placed there.
+reads it back. The probe reads CPUs, memory and object store per node from ``ray.nodes()``,
+whether the node's CPU has bf16 instructions from a task placed there (no CPU reserved), and, on
+a node with GPUs, their name and memory from torch in a task placed there.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from common.catalog import Catalog, fingerprint
+from common.cpu_features import native_bf16
 from common.config import PreprocessConfig
 from common.planning.fingerprint import DatasetFingerprint, case_statistics, load_fingerprint, save_fingerprint
 from common.planning.machine import Machine, NodeSpec
@@ -57,12 +59,13 @@ def _node(raw: dict[str, Any]) -> NodeSpec:
     res = raw.get("Resources", {})
     gpus = int(res.get("GPU", 0))
     name, mem = "", 0
+    here = NodeAffinitySchedulingStrategy(node_id=raw["NodeID"], soft=False)
     if gpus:
-        here = NodeAffinitySchedulingStrategy(node_id=raw["NodeID"], soft=False)
         name, mem = ray.get(ray.remote(num_gpus=1, num_cpus=0, scheduling_strategy=here)(_gpu_info).remote())
+    bf16 = ray.get(ray.remote(num_cpus=0, scheduling_strategy=here)(native_bf16).remote())
     return NodeSpec(cpus=float(res.get("CPU", 0)), memory_bytes=int(res.get("memory", 0)),
                     object_store_bytes=int(res.get("object_store_memory", 0)), gpus=gpus,
-                    gpu_memory_bytes=mem, gpu_name=name)
+                    gpu_memory_bytes=mem, gpu_name=name, cpu_bf16=bf16)
 
 
 def probe_machine() -> Machine:

@@ -235,6 +235,8 @@ def run_worker(inp: WorkerInput, session: TrainSession, validator: ValidatorLink
     optimizer = build_optimizer(cfg.training, model.parameters())
     loss_fn = build_loss(cfg.training.loss)
     amp = AmpPolicy.for_device(device, cfg.training)
+    if rank == 0:
+        amp.warn_if_emulated()
     scaler = amp.scaler()
     start_epoch = _restore(model, optimizer, scaler, session, inp.resume_from)
     device_volumes, stager = _placement(cfg, device)

@@ -23,6 +23,7 @@ class NodeSpec:
     gpus: int = 0
     gpu_memory_bytes: int = 0  # per GPU
     gpu_name: str = ""
+    cpu_bf16: bool | None = None  # the CPU has bf16 instructions (common.cpu_features); None: not known
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,12 @@ class Machine:
         return min((n.gpu_memory_bytes for n in self.nodes if n.gpus), default=0)
 
     @property
+    def cpu_bf16(self) -> bool | None:
+        """Whether every node's CPU computes bf16 natively (None when any node's answer is not known)."""
+        answers = {n.cpu_bf16 for n in self.nodes}
+        return None if None in answers else all(answers)
+
+    @property
     def object_store_bytes(self) -> int:
         """Object store of the smallest node: every node that trains holds one copy of the pool."""
         return min(n.object_store_bytes for n in self.nodes)
@@ -62,7 +69,8 @@ class Machine:
         parts = []
         for n in self.nodes:
             gpu = f", {n.gpus} x {n.gpu_name or 'GPU'} {n.gpu_memory_bytes / 2**30:.0f} GiB" if n.gpus else ""
-            parts.append(f"{n.cpus:g} CPUs, {n.memory_bytes / 2**30:.0f} GiB RAM, "
+            bf16 = " (bf16)" if n.cpu_bf16 else ""
+            parts.append(f"{n.cpus:g} CPUs{bf16}, {n.memory_bytes / 2**30:.0f} GiB RAM, "
                          f"{n.object_store_bytes / 2**30:.1f} GiB object store{gpu}")
         return f"{len(self.nodes)} node(s): " + "; ".join(sorted(set(parts)))
 

@@ -24,7 +24,8 @@ from common.planning.geometry_rules import (
     plan_patch_and_depth,
 )
 from common.planning.machine import Machine
-from common.planning.run_rules import plan_augmentation, plan_intensity, plan_optimizer, plan_resources, step_seconds
+from common.planning.run_rules import (plan_augmentation, plan_cpu_bf16, plan_intensity, plan_optimizer,
+                                      plan_resources, step_seconds)
 from common.planning.schedule_rules import plan_epochs, plan_pool, plan_validation, samples_per_volume
 
 
@@ -106,7 +107,8 @@ def make_plan(fp: DatasetFingerprint, machine: Machine) -> Plan:
                *plan_network(depth, base, patch, machine), batch, *res.choices,
                plan_optimizer(fp.num_train),
                Choice("training.loss", "dice_ce", _loss_reason(fp)),
-               Choice("training.amp", True, "fp16 + GradScaler on CUDA" if res.use_gpu else "bf16 only if asked"),
+               Choice("training.amp", True, "fp16 + GradScaler on CUDA" if res.use_gpu else "bf16 where cpu_bf16"),
+               *plan_cpu_bf16(machine),
                *plan_epochs(steps, res),
                *plan_pool(fp, grid, machine, epoch_s, replace_workers),
                *plan_validation(fp, grid, patch, 2**depth, res, epoch_s, batch.value)]

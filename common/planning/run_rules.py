@@ -40,6 +40,21 @@ class Resources:
     choices: tuple[Choice, ...]
 
 
+def plan_cpu_bf16(machine: Machine) -> tuple[Choice, ...]:
+    """bf16 autocast on CPU trainers and validation where every node's CPU has bf16 instructions: there a
+    step and a validation took about 1.6x less time on the CT profile; elsewhere it would be slower."""
+    if machine.has_gpu:
+        return ()  # GPUs train with fp16 + GradScaler; the CPU setting does not apply
+    if machine.cpu_bf16 is None:
+        return (Choice("training.cpu_bf16", False, "whether the CPUs compute bf16 natively is not known "
+                                                   "(a described machine, or no /proc/cpuinfo): fp32"),)
+    if machine.cpu_bf16:
+        return (Choice("training.cpu_bf16", True, "the CPUs have bf16 instructions: bf16 autocast made a step "
+                                                  "and a validation about 1.6x faster on the CT profile"),)
+    return (Choice("training.cpu_bf16", False, "no bf16 instructions on the CPUs: autocast would be slower "
+                                               "than fp32"),)
+
+
 def plan_resources(machine: Machine, num_train: int) -> Resources:
     """DDP workers and the shares of CPUs and GPUs for training, validation and cache tasks."""
     cpus = machine.total_cpus

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from common.catalog import load_catalog
 from common.config import load_config
+from common.cpu_features import native_bf16
 from common.planning.fingerprint import fingerprint_path
 from trainer.cli import main
 from trainer.plan_inputs import dataset_key, probe_machine
@@ -28,3 +29,4 @@ def test_plan_on_demo_data_writes_a_config_train_takes(ray_cluster: str, demo_ro
     assert stored.stat().st_mtime_ns == before
     machine = probe_machine()
     assert machine.total_cpus == 2 and machine.object_store_bytes > 0 and not machine.has_gpu
+    assert machine.cpu_bf16 is native_bf16()  # read on the node by a task there: this machine's own answer

@@ -65,6 +65,22 @@ def test_gpu_node_and_cpu_node_get_different_sensible_plans() -> None:
             assert t.num_workers * t.worker_num_gpus + cfg.validation.num_gpus <= machine.total_gpus
 
 
+def test_cpu_bf16_only_where_every_node_computes_bf16_natively() -> None:
+    fp = isotropic_ct()
+
+    def node(bf16: bool | None) -> NodeSpec:
+        return NodeSpec(cpus=2, memory_bytes=8 * 2**30, object_store_bytes=2 * 2**30, cpu_bf16=bf16)
+
+    assert make_plan(fp, Machine((node(True),))).config("/data").training.cpu_bf16 is True
+    assert make_plan(fp, Machine((node(False),))).value("training.cpu_bf16") is False
+    unknown = make_plan(fp, CPU_NODE)  # a described machine: not known, so fp32
+    assert unknown.value("training.cpu_bf16") is False
+    assert "not known" in next(c.reason for c in unknown.choices if c.key == "training.cpu_bf16")
+    assert Machine((node(True), node(False))).cpu_bf16 is False and Machine((node(True), node(None))).cpu_bf16 is None
+    assert "training.cpu_bf16" not in {c.key for c in make_plan(fp, GPU_NODE).choices}  # GPUs use fp16
+    assert "(bf16)" in Machine((node(True),)).describe()
+
+
 def test_cpu_patch_fits_the_step_budget_and_the_gpu_patch_the_memory() -> None:
     fp = isotropic_ct()
     cpu = make_plan(fp, CPU_NODE)
