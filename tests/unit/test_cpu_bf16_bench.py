@@ -23,9 +23,9 @@ def test_two_rows_fp32_first_and_the_agreement(tmp_path: Path, capsys: pytest.Ca
     cfg.write_text("sampler:\n  patch_size: [16, 16, 16]\ntraining:\n  channels: [4, 8]\n  strides: [2]\n"
                    "  num_res_units: 0\n  cpu_bf16: false\nvalidation:\n  roi_size: [16, 16, 16]\n  num_cpus: 0.5\n")
     (bench,) = import_benchmarks("cpu_bf16")
-    bench.main(["--config", str(cfg), "--volume", "20", "20", "20", "--steps", "1", "--repeats", "1"])
+    bench.main(["--config", str(cfg), "--volume", "20", "20", "20", "--steps", "1", "--rounds", "1"])
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| bf16") or line.startswith("| none")]
     assert [r.split("|")[1].strip() for r in rows] == ["none (fp32)", "bf16"]
     assert rows[0].endswith("| 1.00x | 1.00x |")  # fp32 is the reference, whatever the config says
-    assert "bf16 instructions:" in out and "agrees between fp32 and bf16" in out
+    assert "bf16 instructions:" in out and "agrees between fp32 and bf16" in out and "1 rounds" in out
