@@ -5,9 +5,9 @@ What MONAI's ``acceleration/fast_training_tutorial`` configures: the determinist
 ``FgBgToIndicesd`` inside a ``CacheDataset`` (``cache_rate=1.0``, ``copy_cache=False``),
 ``RandCropByPosNegLabeld`` (pos=1, neg=1) reading the cached fg/bg indices, meta tracking
 off (``set_track_meta(False)``), ``ThreadDataLoader(num_workers=0)``, ``DiceCELoss`` and
-``Novograd`` at ten times the Adam learning rate, and AMP: the forward pass and loss under
-``torch.autocast`` where the config's AMP policy applies one (this arm runs on the CPU: bf16
-with ``training.cpu_bf16``, as the other arms). Validation runs inline between epochs
+``Novograd`` at ten times the Adam learning rate, and AMP. Each step is the project's own
+:func:`trainer.steps.train_step` (forward pass under the config's AMP policy, on the CPU bf16
+with ``training.cpu_bf16``; loss in fp32), as in the other arms. Validation runs inline between epochs
 (as in the tutorial) with the project's own sliding-window validator, so Dice is computed
 the same way as for the other arms.
 """
@@ -34,9 +34,12 @@ from common.catalog import Catalog
 from common.config import ExperimentConfig
 from common.preprocess import Preprocessor
 from trainer.model import AmpPolicy, build_loss, build_model
+from trainer.steps import train_step
 from trainer.validation import Validator
 
 __all__ = ["fast_transforms", "run_monai_fast"]
+
+CPU = torch.device("cpu")  # the arm runs on the CPU
 
 #: the tutorial: "Novograd paper suggests to use a bigger LR than Adam"
 NOVOGRAD_LR_FACTOR = 10.0
@@ -87,7 +90,7 @@ def _train(cfg: ExperimentConfig, catalog: Catalog, ds: CacheDataset, val_volume
     optimizer = Novograd(model.parameters(), lr=cfg.training.lr * NOVOGRAD_LR_FACTOR)
     loss_fn = build_loss("dice_ce")
     validator = Validator(cfg, catalog.num_classes, in_channels)
-    amp = AmpPolicy.for_device(torch.device("cpu"), cfg.training)
+    amp = AmpPolicy.for_device(CPU, cfg.training)
     scaler = amp.scaler()
     epochs = steps = 0
     wait_s = step_s = validation_s = best = 0.0
@@ -105,13 +108,7 @@ def _train(cfg: ExperimentConfig, catalog: Catalog, ds: CacheDataset, val_volume
                 it = iter(loader)
                 continue
             t1 = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            with amp.autocast():  # the forward pass; the loss in fp32, as the project's step computes it
-                logits = model(batch["image"])
-            loss = loss_fn(logits.float(), batch["label"].long())
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            train_step(model, batch, loss_fn, optimizer, amp, scaler, CPU)
             wait_s += t1 - t0
             step_s += time.perf_counter() - t1
             done += 1
