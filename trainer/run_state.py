@@ -40,7 +40,7 @@ class RunState:
         self.faults: list[dict[str, Any]] = []
         self.best: tuple[float, dict[str, torch.Tensor]] | None = None
         self.start: bool | None = None  # the launcher's word: train (True), give up (False), not yet (None)
-        self._lock = threading.Lock()  # one change and its save at a time: the file never goes back in time
+        self._lock = threading.RLock()  # one change and its save at a time: the file never goes back in time
 
     @classmethod
     def load(cls, folder: str | Path) -> "RunState":
@@ -92,7 +92,6 @@ class RunState:
 
     def _save(self) -> None:
         """Write the whole record; the caller holds the lock."""
-        body = {"validation": [self.val_rows[e] for e in sorted(self.val_rows)],
-                "train": [self.train_rows[k] for k in sorted(self.train_rows)], "faults": self.faults,
+        body = {"validation": self.history(), "train": self.train_history(), "faults": self.faults,
                 "best_dice": None if self.best is None else self.best[0], "start": self.start}
         atomic_write(self.folder / STATE_FILE, lambda fh: json.dump(body, fh), "w")
