@@ -66,24 +66,29 @@ class Validator:
         self.publish = publish
         self.history: list[ValidationResult] = []
         self.ratio = cfg.sampler.initial_ratio
+        self.first_prediction: np.ndarray | None = None  # the first volume's class map in the latest validation
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         clean = {k.removeprefix("module."): v for k, v in state_dict.items()}
         for replica in self.replicas:
             replica.load_state_dict(clean)
 
-    def _score(self, k: int, vol: PreparedVolume) -> CaseScore:
-        """Dice per class and (r_FP, r_FN) of one volume on replica ``k`` (the scoring every consumer uses)."""
+    def _score(self, k: int, vol: PreparedVolume, keep: bool = False) -> CaseScore:
+        """Dice per class and (r_FP, r_FN) of one volume on replica ``k`` (the scoring every consumer uses);
+        ``keep``: also keep its class map as ``first_prediction`` (the run's picture, without a second pass)."""
         pred = predict_volume(self.replicas[k], vol.image, self.cfg, self.num_classes, self.devices[k])
+        if keep:
+            self.first_prediction = pred.astype(np.uint8) if self.num_classes <= 256 else pred
         return score(pred, vol.label, self.num_classes, self.cfg.sampler.formula)[0]
 
     def _score_all(self, volumes: Sequence[PreparedVolume]) -> list[CaseScore]:
         """Scores in volume order; volume i runs on replica i mod (number of devices)."""
         n = len(self.replicas)
         if n == 1:
-            return [self._score(0, v) for v in volumes]
+            return [self._score(0, v, i == 0) for i, v in enumerate(volumes)]
         with ThreadPoolExecutor(max_workers=n, thread_name_prefix="validate") as pool:
-            shards = [pool.submit(lambda k=k: [self._score(k, v) for v in volumes[k::n]]) for k in range(n)]
+            shards = [pool.submit(lambda k=k: [self._score(k, v, k == j == 0) for j, v in enumerate(volumes[k::n])])
+                      for k in range(n)]
             results = [f.result() for f in shards]
         return [results[i % n][i // n] for i in range(len(volumes))]
 

@@ -66,6 +66,7 @@ class ValidationService:
         self.state = RunState.load(state_dir)
         self._trainer_cause = ""
         self._volumes: list[PreparedVolume] | None = None
+        self._best_prediction: np.ndarray | None = None  # the first volume under the best weights, if seen here
         self._val_refs: tuple[Any, ...] = ()
         if _restarted_actor():
             last = max(self.state.val_rows, default=None)
@@ -100,7 +101,10 @@ class ValidationService:
         with self._lock:  # one validation at a time; best() stays answerable
             result = self.validator.validate(epoch, weights, self._validation_volumes())
             row = {**result.to_dict(), "time_s": time.time() - self.t_start, "train_time_s": train_time_s}
+            before = self.state.best
             self.state.add_validation(row, weights)
+            if self.state.best is not before:  # a new best: its picture is this validation's first class map
+                self._best_prediction = self.validator.first_prediction
             return row
 
     def record_train(self, row: dict[str, Any]) -> None:
@@ -172,13 +176,18 @@ class ValidationService:
         return list(self.state.faults)
 
     def example_case(self) -> tuple[str, np.ndarray, np.ndarray, np.ndarray] | None:
-        """(id, image, label, prediction) of the first validation case under the best weights."""
+        """(id, image, label, prediction) of the first validation case under the best weights.
+
+        The prediction is the one the best validation made, kept then; only a service that Ray restarted
+        after that validation (it has the best weights from the run folder, not the picture) predicts again.
+        """
         with self._lock:
             volumes = self._validation_volumes()
             if self.state.best is None or not volumes:
                 return None
-            self.validator.load_weights(self.state.best[1])
-            vol = volumes[0]
-            pred = predict_volume(self.validator.model, vol.image, self.cfg, self.validator.num_classes,
-                                  self.validator.device)
+            vol, pred = volumes[0], self._best_prediction
+            if pred is None:
+                self.validator.load_weights(self.state.best[1])
+                pred = predict_volume(self.validator.model, vol.image, self.cfg, self.validator.num_classes,
+                                      self.validator.device)
             return vol.item_id, np.array(vol.image), np.array(vol.label[0]), pred
