@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 from common.config import ExperimentConfig
 from common.config.cache import CACHE_ACTOR_NUM_CPUS
 from common.errors import ConfigError
 
-__all__ = ["CpuBudget", "cpu_budget", "require_rotation_fits", "task_share"]
+__all__ = ["CpuBudget", "cpu_budget", "require_rotation_fits", "task_share", "tasks_beside_trials"]
 
 
 @dataclass(frozen=True)
@@ -82,3 +83,20 @@ def require_rotation_fits(budget: CpuBudget) -> None:
                       f"a share that fits beside the run: of the cluster's {budget.cluster:g} CPUs it takes {taken}, "
                       f"leaving {max(left, 0):g}, so no preparation task could start while it trains and the pool "
                       f"would never rotate; {fix}")
+
+
+def tasks_beside_trials(cluster: float, trial_cpus: Sequence[float], concurrent: int, task: float,
+                        cache_actors: int = 1) -> int:
+    """Preparation tasks Ray can run while a sweep's trials hold their CPUs.
+
+    Tune runs at most ``concurrent`` trials at once, and only as many as fit; the largest are taken to
+    be the ones running (the worst case for the tasks). A sweep's driver warns with it when the pool
+    could not rotate while its trials train.
+    """
+    free = cluster - cache_actors * CACHE_ACTOR_NUM_CPUS
+    held = 0.0
+    for share in sorted(trial_cpus, reverse=True)[:max(0, concurrent)]:
+        if held + share > free + 1e-9:
+            break
+        held += share
+    return max(0, math.floor((free - held) / task + 1e-9))

@@ -23,12 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import ray
 from ray import tune
 from ray.tune import PlacementGroupFactory
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from cache_service.sdk import SmartCache
 from cache_service.sdk.tune import detach_trial, trial_info
+from common.cpu_budget import tasks_beside_trials
 from common.errors import ConfigError
 from trainer.launcher import LaunchOptions, run_experiment, validator_resources, worker_resources
 from trainer.sweep_plan import SweepPlan, TrialPlan
@@ -152,6 +154,35 @@ def make_scheduler(plan: SweepPlan, opts: SweepOptions) -> TrialScheduler:
                          grace_period=opts.grace_period, reduction_factor=opts.reduction_factor)
 
 
+def held_cpus(trial: TrialPlan, opts: SweepOptions) -> float:
+    """Ray's CPUs a running trial holds: its placement group, plus a Ray Train trial's workers and validator."""
+    cfg = trial.config
+    worker, validator = worker_resources(cfg), validator_resources(cfg)
+    if cfg.training.runs_in_process(sweep_trial=True):
+        return worker["CPU"] + validator["num_cpus"]
+    return opts.trial_num_cpus + cfg.training.num_workers * worker["CPU"] + validator["num_cpus"]
+
+
+def rotation_room(plan: SweepPlan, opts: SweepOptions, cluster_cpus: float) -> int:
+    """Preparation tasks that fit beside the trials Tune runs at once; with none, say so before they start.
+
+    A single run beside which no task fits is refused (``common.cpu_budget``): its pool would never rotate.
+    A sweep's trials are many runs at once, each of which fits alone, so the driver warns instead: the
+    pool then rotates only between trials.
+    """
+    cached = [t for t in plan.trials if t.config.cache.enabled]
+    if not cached:
+        return 0
+    task = max(t.config.cache.task_num_cpus for t in cached)
+    room = tasks_beside_trials(cluster_cpus, [held_cpus(t, opts) for t in plan.trials], opts.concurrent, task,
+                               cache_actors=len({t.fingerprint for t in cached}))
+    if room == 0:
+        print(f"warning: the trials Tune runs at once (--concurrent {opts.concurrent}) leave no room on the "
+              f"cluster's {cluster_cpus:g} CPUs for a preparation task of cache.task_num_cpus={task:g}, so the pool "
+              "will not rotate while they train; lower --concurrent or cache.task_num_cpus", flush=True)
+    return room
+
+
 def fill_caches(plan: SweepPlan, show: bool) -> None:
     """Start (or attach to) each fingerprint's cache from the driver and wait until it is warm.
 
@@ -175,6 +206,7 @@ def run_sweep(plan: SweepPlan, opts: SweepOptions) -> list[TrialOutcome]:
     if opts.concurrent < 1:
         raise ConfigError("--concurrent", opts.concurrent, "at least 1")
     out = opts.out_dir.resolve()
+    rotation_room(plan, opts, float(ray.cluster_resources().get("CPU", 0.0)))
     fill_caches(plan, opts.show_progress)
     progress = SweepProgress(plan, opts.show_progress)
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan, out_dir=str(out)),

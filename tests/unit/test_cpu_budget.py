@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from common.config import load_config
-from common.cpu_budget import CpuBudget, cpu_budget, require_rotation_fits, task_share
+from common.cpu_budget import CpuBudget, cpu_budget, require_rotation_fits, task_share, tasks_beside_trials
 from common.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "trainer" / "configs"
@@ -57,3 +57,16 @@ def test_the_shipped_cpu_configs_rotate_and_start_their_trainers_during_the_fill
     budget = cpu_budget(load_config(CONFIGS / name), cluster_cpus=2, in_process=in_process, node_cpus=2)
     require_rotation_fits(budget)
     assert budget.trainers_start_during_fill
+
+
+def test_tasks_beside_a_sweep_count_the_trials_tune_runs_at_once() -> None:
+    # ct_cpu.yaml's trials in process (1 + 0.5 each) on the sweep benchmark's 4 CPUs: 2 at once leave 0.75
+    assert tasks_beside_trials(4, [1.5] * 4, concurrent=2, task=0.125) == 6
+    # on 2 CPUs Tune can run only one of them at a time, whatever --concurrent says
+    assert tasks_beside_trials(2, [1.5] * 4, concurrent=4, task=0.125) == 2
+    # the largest trials are taken to be running: 2 + 1 of 3.75 free leave 0.75
+    assert tasks_beside_trials(4, [1.0, 2.0, 0.5], concurrent=2, task=0.25) == 3
+    # trials that fill the cluster leave nothing: the pool could not rotate beside them
+    assert tasks_beside_trials(3.25, [1.5, 1.5], concurrent=2, task=0.125) == 0
+    # two caches, two actors
+    assert tasks_beside_trials(4, [1.5, 1.5], concurrent=2, task=0.25, cache_actors=2) == 2

@@ -187,3 +187,32 @@ def test_sweep_cli_refuses_a_bad_space_before_starting_ray(demo_dataset: Path, t
     with pytest.raises(SystemExit):
         main(["sweep", "--help"])
     assert "--concurrent" in capsys.readouterr().out
+
+
+
+def _budget_plan(demo: Path, space: dict, sets: list[str]):
+    parsed = parse_space(space)
+    base = load_config(None, ["sampler.patch_size=[16, 16, 16]", "validation.roi_size=[32, 32, 32]",
+                              "training.worker_num_cpus=1", "validation.num_cpus=0.5", *sets]).to_dict()
+    return make_plan("sw", base, draw_trials(parsed, 1), searched_keys(parsed), str(demo))
+
+
+def test_a_sweep_whose_trials_leave_no_room_for_the_rotation_says_so(demo_dataset: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from trainer.sweep import SweepOptions, held_cpus, rotation_room
+
+    plan = _budget_plan(demo_dataset, {"training.lr": "grid([1e-2, 1e-3])"}, ["cache.task_num_cpus=0.125"])
+    opts = SweepOptions(Path("o"), concurrent=2)
+    assert held_cpus(plan.trial(0), opts) == 1.5  # in process: its loop and its validation
+    assert rotation_room(plan, opts, cluster_cpus=4) == 6  # 2 x 1.5 + the cache actor's 0.25 leave 0.75
+    assert "warning" not in capsys.readouterr().out
+    assert rotation_room(plan, opts, cluster_cpus=3.25) == 0
+    out = capsys.readouterr().out
+    assert "will not rotate" in out and "--concurrent" in out and "cache.task_num_cpus" in out
+    searched = _budget_plan(demo_dataset, {"preprocessing.spacing": "grid([[1, 1, 1], [2, 2, 2]])"},
+                            ["cache.task_num_cpus=0.125"])
+    assert rotation_room(searched, opts, cluster_cpus=4) == 4  # two caches, two actors of 0.25
+    ray_train = _budget_plan(demo_dataset, {"training.lr": "grid([1e-2, 1e-3])"}, ["training.num_workers=2"])
+    assert held_cpus(ray_train.trial(0), SweepOptions(Path("o"), trial_num_cpus=0.1)) == pytest.approx(2.6)
+    off = _budget_plan(demo_dataset, {"training.lr": "grid([1e-2, 1e-3])"}, ["cache.enabled=false"])
+    assert rotation_room(off, opts, cluster_cpus=1) == 0 and capsys.readouterr().out == ""  # no cache, no pool
