@@ -96,6 +96,7 @@ class Validator:
                  volumes: Sequence[PreparedVolume]) -> ValidationResult:
         start = time.perf_counter()
         self.load_weights(state_dict)
+        self.first_prediction = None  # never an earlier validation's, whatever the volumes
         scores = self._score_all(volumes)
         result = summarise(epoch, scores, self.num_classes, self.cfg.sampler, self.ratio,
                            case_ids=[v.item_id for v in volumes], seconds=time.perf_counter() - start)
