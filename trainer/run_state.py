@@ -66,14 +66,17 @@ class RunState:
         with self._lock:
             return [self.train_rows[k] for k in sorted(self.train_rows)]
 
-    def add_validation(self, row: dict[str, Any], weights: dict[str, torch.Tensor]) -> None:
+    def add_validation(self, row: dict[str, Any], weights: dict[str, torch.Tensor]) -> bool:
+        """Keep a validation row (and its weights if they are the best so far); whether they are."""
         with self._lock:
             self.val_rows[int(row["epoch"])] = row
-            if self.best is None or row["mean_dice"] > self.best[0]:
+            improved = self.best is None or row["mean_dice"] > self.best[0]
+            if improved:
                 best = {k: v.detach().clone() for k, v in weights.items()}
                 atomic_write(self.folder / BEST_FILE, lambda fh: torch.save(best, fh), "wb")
                 self.best = (float(row["mean_dice"]), best)
             self._save()
+            return improved
 
     def add_train(self, row: dict[str, Any]) -> None:
         with self._lock:

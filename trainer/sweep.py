@@ -157,10 +157,10 @@ def make_scheduler(plan: SweepPlan, opts: SweepOptions) -> TrialScheduler:
 def held_cpus(trial: TrialPlan, opts: SweepOptions) -> float:
     """Ray's CPUs a running trial holds: its placement group, plus a Ray Train trial's workers and validator."""
     cfg = trial.config
-    worker, validator = worker_resources(cfg), validator_resources(cfg)
+    placed = trial_resources(trial, opts).required_resources.get("CPU", 0.0)
     if cfg.training.runs_in_process(sweep_trial=True):
-        return worker["CPU"] + validator["num_cpus"]
-    return opts.trial_num_cpus + cfg.training.num_workers * worker["CPU"] + validator["num_cpus"]
+        return placed
+    return placed + cfg.training.num_workers * worker_resources(cfg)["CPU"] + validator_resources(cfg)["num_cpus"]
 
 
 def rotation_room(plan: SweepPlan, opts: SweepOptions, cluster_cpus: float) -> int:

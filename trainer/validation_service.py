@@ -101,9 +101,7 @@ class ValidationService:
         with self._lock:  # one validation at a time; best() stays answerable
             result = self.validator.validate(epoch, weights, self._validation_volumes())
             row = {**result.to_dict(), "time_s": time.time() - self.t_start, "train_time_s": train_time_s}
-            before = self.state.best
-            self.state.add_validation(row, weights)
-            if self.state.best is not before:  # a new best: its picture is this validation's first class map
+            if self.state.add_validation(row, weights):  # a new best: its picture is this validation's first map
                 self._best_prediction = self.validator.first_prediction
             return row
 

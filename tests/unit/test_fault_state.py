@@ -54,9 +54,9 @@ def test_unreadable_registry_state_is_ignored(tmp_path: Path):
 def test_run_state_keeps_history_rows_once_and_best_weights(tmp_path: Path):
     state = RunState(tmp_path)
     w1, w2 = {"w": torch.ones(2)}, {"w": torch.full((2,), 2.0)}
-    state.add_validation({"epoch": 0, "mean_dice": 0.4}, w1)
-    state.add_validation({"epoch": 1, "mean_dice": 0.6}, w2)
-    state.add_validation({"epoch": 2, "mean_dice": 0.5}, w1)
+    assert state.add_validation({"epoch": 0, "mean_dice": 0.4}, w1)  # the first is the best so far
+    assert state.add_validation({"epoch": 1, "mean_dice": 0.6}, w2)
+    assert not state.add_validation({"epoch": 2, "mean_dice": 0.5}, w1)
     for epoch, loss in ((0, 1.0), (1, 0.9), (2, 0.8), (1, 0.85)):  # epoch 1 trained again after a restart
         state.add_train({"epoch": epoch, "rank": 0, "loss": loss})
     state.add_fault({"kind": "validator", "time": 1.0})
