@@ -21,6 +21,16 @@ POLL_S = 2.0  # seconds between progress polls
 TIMEOUT_S = 10.0  # a poll that takes longer (the validation actor restarting) is skipped
 
 
+def bar_total(cfg: ExperimentConfig) -> int | None:
+    """The bar's length: the epoch cap, unless a time limit ends the run first.
+
+    With ``training.time_limit_s`` the epoch cap is often a large number that only bounds the run,
+    and a bar measured against it shows an ETA of hours; without a total the bar counts epochs
+    and their rate instead.
+    """
+    return None if cfg.training.time_limit_s is not None else cfg.training.epochs
+
+
 def fit_with_progress(fit: Callable[[], Any], validator: ValidatorLink, cfg: ExperimentConfig, show: bool,
                       on_validation: Callable[[dict[str, Any]], None] | None = None,
                       warm_up: Callable[[], None] | None = None) -> Any:
@@ -44,7 +54,7 @@ def fit_with_progress(fit: Callable[[], Any], validator: ValidatorLink, cfg: Exp
         warm_up()
     relay = ValidationRelay(validator, on_validation)
     shown: tuple[int, float | None] = (0, None)
-    with tqdm(total=cfg.training.epochs, desc="training", unit="epoch", disable=not show) as bar:
+    with tqdm(total=bar_total(cfg), desc="training", unit="epoch", disable=not show) as bar:
         while thread.is_alive():
             thread.join(timeout=POLL_S)
             try:

@@ -10,6 +10,7 @@ import torch
 from common.config import load_config
 from common.volume import PreparedVolume, class_voxel_indices
 from trainer.model import AmpPolicy, build_loss, build_model, build_optimizer
+from trainer.progress import bar_total
 from trainer.report import RunReport, format_summary, plot_case, plot_curves
 from trainer.staging import DeviceStager
 from trainer.steps import run_epoch, seed_everything
@@ -110,3 +111,8 @@ def test_report_files_and_summary(tmp_path):
     assert json.loads(rep.to_json())["time_to_target_s"] == 35.0
     text = format_summary(rep)
     assert "REACHED" in text and "35 s" in text and "2.0 %" in text
+
+
+def test_progress_bar_counts_epochs_without_a_total_when_a_time_limit_ends_the_run():
+    assert bar_total(load_config(None, ["training.epochs=30"])) == 30
+    assert bar_total(load_config(None, ["training.epochs=100000", "training.time_limit_s=300"])) is None
