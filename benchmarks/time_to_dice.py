@@ -80,15 +80,21 @@ def _rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def _steps(out: Path, until_s: float | None) -> tuple[int, int | None, float]:
-    """(total steps, steps until ``until_s``, mean compute seconds per step) of rank 0."""
-    rows = _rows(out)
+def step_counts(rows: list[dict], target: float) -> tuple[int, int | None, float]:
+    """(total steps, steps to ``target``, mean compute seconds per step) of rank 0.
+
+    The steps to the target are those through the epoch whose weights first validated at or above
+    it, as MONAI's inline validation counts them. Counting the steps done by the time that result
+    was known would add the epochs trained while a validation ran beside training.
+    """
     train = sorted((r for r in rows if r["kind"] == "train" and r.get("rank", 0) == 0), key=lambda r: r["epoch"])
     total = sum(r["steps"] for r in train)
     step_s = sum(r["step_seconds"] for r in train) / max(1, total)
-    if until_s is None:
+    validations = sorted((r for r in rows if r["kind"] == "validation"), key=lambda r: r["time_s"])
+    hit = next((r for r in validations if r["mean_dice"] >= target), None)
+    if hit is None:
         return total, None, step_s
-    return total, sum(r["steps"] for r in train if r["time_s"] <= until_s), step_s
+    return total, sum(r["steps"] for r in train if r["epoch"] <= hit["epoch"]), step_s
 
 
 def _overlap(a0: float, a1: float, spans: list[tuple[float, float]]) -> float:
@@ -136,7 +142,7 @@ def run_arm(arm: str, config_path: str | None, out: Path, overrides: list[str], 
         report = run_experiment(cfg, LaunchOptions(run_dir, show_progress=True))
     finally:
         stop_caches(cfg.cache.namespace)
-    total, to_target, step_s = _steps(run_dir, report.time_to_target_s)
+    total, to_target, step_s = step_counts(_rows(run_dir), cfg.training.target_dice)
     return ArmResult(arm, report.reached_target, report.time_to_target_s, to_target, report.best_mean_dice,
                      tuple(report.dice_per_class.values()), report.epochs, total, report.wall_seconds,
                      report.cache_fill_seconds, report.data_wait_fraction, step_s, report.validation_seconds,

@@ -57,6 +57,19 @@ def test_step_time_with_and_without_a_validation_beside(ttd):
     assert "| 0.30 | 0.70 / 0.35 |" in time_to_dice.format_table([full], 0.6, 300.0)
 
 
+def test_steps_to_target_count_through_the_epoch_that_validated_above_it(ttd):
+    _, time_to_dice = ttd
+    rows = [{"kind": "train", "rank": 0, "epoch": e, "time_s": 10.0 * (e + 1), "step_seconds": 2.0, "steps": 10}
+            for e in range(5)]
+    rows += [{"kind": "train", "rank": 1, "epoch": 0, "time_s": 10.0, "step_seconds": 9.0, "steps": 10},
+             {"kind": "validation", "epoch": 0, "time_s": 14.0, "mean_dice": 0.3},
+             # epoch 1's weights reach the target, but the result comes after epoch 2 has ended (at 30 s)
+             {"kind": "validation", "epoch": 1, "time_s": 33.0, "mean_dice": 0.65},
+             {"kind": "validation", "epoch": 3, "time_s": 45.0, "mean_dice": 0.7}]
+    assert time_to_dice.step_counts(rows, 0.6) == (50, 20, pytest.approx(0.2))
+    assert time_to_dice.step_counts(rows, 0.8) == (50, None, pytest.approx(0.2))
+
+
 def test_seed_summary_medians_and_ratio_to_monai(ttd):
     """Seed 1 of `full` missed: it counts as the limit, which does not move a median of three below it."""
     arm_result, _ = ttd
