@@ -19,6 +19,7 @@ from trainer.validator_link import ValidatorLink
 
 POLL_S = 2.0  # seconds between progress polls
 TIMEOUT_S = 10.0  # a poll that takes longer (the validation actor restarting) is skipped
+UNBOUNDED_BAR = "{desc}: epoch {n_fmt} [{elapsed}, {rate_fmt}{postfix}]"  # no total: tqdm would print "6epoch"
 
 
 def bar_total(cfg: ExperimentConfig) -> int | None:
@@ -54,7 +55,9 @@ def fit_with_progress(fit: Callable[[], Any], validator: ValidatorLink, cfg: Exp
         warm_up()
     relay = ValidationRelay(validator, on_validation)
     shown: tuple[int, float | None] = (0, None)
-    with tqdm(total=bar_total(cfg), desc="training", unit="epoch", disable=not show) as bar:
+    total = bar_total(cfg)
+    with tqdm(total=total, desc="training", unit="epoch", disable=not show,
+              bar_format=None if total is not None else UNBOUNDED_BAR) as bar:
         while thread.is_alive():
             thread.join(timeout=POLL_S)
             try:
