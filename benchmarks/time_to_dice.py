@@ -142,13 +142,14 @@ def run_arm(arm: str, config_path: str | None, out: Path, overrides: list[str], 
         report = run_experiment(cfg, LaunchOptions(run_dir, show_progress=True))
     finally:
         stop_caches(cfg.cache.namespace)
-    total, to_target, step_s = step_counts(_rows(run_dir), cfg.training.target_dice)
+    rows = _rows(run_dir)
+    total, to_target, step_s = step_counts(rows, cfg.training.target_dice)
     return ArmResult(arm, report.reached_target, report.time_to_target_s, to_target, report.best_mean_dice,
                      tuple(report.dice_per_class.values()), report.epochs, total, report.wall_seconds,
                      report.cache_fill_seconds, report.data_wait_fraction, step_s, report.validation_seconds,
                      (load0, os.getloadavg()[0]),
-                     tuple((r["time_s"], r["mean_dice"]) for r in _rows(run_dir) if r["kind"] == "validation"),
-                     step_s_beside(_rows(run_dir)))
+                     tuple((r["time_s"], r["mean_dice"]) for r in rows if r["kind"] == "validation"),
+                     step_s_beside(rows))
 
 
 def run_monai_arm(arm: str, config_path: str | None, overrides: list[str], catalog: Catalog,
